@@ -1,8 +1,18 @@
-"""threadguard: find, explain and prevent thread oversubscription."""
+"""threadguard: find, explain and prevent thread oversubscription.
+
+The public API, nothing else: every name here is documented in README.md.
+"""
 
 from ._errors import AccessDenied, NoSuchProcess, ThreadguardError, ZombieProcess
+from .census import Census, take_census as census
+from .inspection import inspect
+from .report import Report
+from .runtimes import loaded_runtimes as runtimes
 from .topology import Topology, read_topology as topology
 
-__all__ = ["topology", "Topology", "ThreadguardError", "NoSuchProcess",
-           "AccessDenied", "ZombieProcess"]
+__all__ = [
+    "topology", "census", "inspect", "runtimes",
+    "Topology", "Census", "Report",
+    "ThreadguardError", "NoSuchProcess", "AccessDenied", "ZombieProcess",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""The ``threadguard`` command: subcommands, exit codes, one-line errors.
+
+Exit codes: 0 success, 1 findings at or above the failing severity
+(doctor), 2 usage error or a target that could not be inspected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ._errors import ThreadguardError
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return pid
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"interval must be 0 to 3600 seconds: {text!r}")
+    return value
+
+
+def _fsroot(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="threadguard",
+        description="Find, explain and prevent thread oversubscription.")
+    parser.add_argument("--version", action="version", version=f"threadguard {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    topo = sub.add_parser("topology", help="the machine: sockets, NUMA, cores, limits")
+    topo.add_argument("--json", action="store_true", help="print JSON")
+    topo.add_argument("--fsroot", type=_fsroot,
+                      help="read machine facts from this dumped tree ($THREADGUARD_FSROOT)")
+    topo.add_argument("--pid", type=_pid, help="the limits of this process (default: threadguard)")
+
+    insp = sub.add_parser("inspect", help="threads, runtimes and pools of a process")
+    insp.add_argument("--pid", type=_pid, help="the process to inspect (default: this one)")
+    insp.add_argument("--interval", type=_interval, default=0.2,
+                      help="seconds to measure over (default 0.2)")
+    insp.add_argument("--json", action="store_true", help="print the JSON report")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _cmd_topology(args) -> int:
+    from .render.console import make_console, render_topology
+    from .topology import read_topology
+
+    topo = read_topology(args.fsroot, pid=args.pid)
+    if args.json:
+        import json
+        print(json.dumps(topo.to_dict(), indent=2))
+    else:
+        render_topology(topo, make_console())
+    return EXIT_OK
+
+
+def _cmd_inspect(args) -> int:
+    from .inspection import inspect
+    from .render.console import make_console, render_report
+
+    report = inspect(args.pid, args.interval)
+    if args.json:
+        print(report.to_json())
+    else:
+        render_report(report, make_console())
+    return EXIT_OK
+
+
+COMMANDS = {"topology": _cmd_topology, "inspect": _cmd_inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except ThreadguardError as err:
+        print(f"threadguard: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

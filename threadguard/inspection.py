@@ -1,0 +1,143 @@
+"""``inspect()``: one report joining topology, census, runtimes, pools, owners.
+
+Linux is read exactly; elsewhere the report holds what psutil and
+threadpoolctl know, with a note saying what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import attribution as _attribution
+from ._errors import AccessDenied, NoSuchProcess
+from .census import take_census
+from .libraries import loaded_libraries
+from .pools import Pool, detect_pools
+from .report import Report, command_line
+from .runtimes import classify, loaded_runtimes, parse_ld_preload
+from .topology import read_topology
+
+IS_LINUX = sys.platform.startswith("linux")
+
+# Pool.library -> the pool name attribution gives that library's threads.
+_OWNER_POOL = {"libgomp": "openmp:libgomp", "libiomp5": "openmp:libiomp5",
+               "libomp": "openmp:libomp"}
+
+
+def _environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
+    if pid == os.getpid():
+        return dict(os.environ), None
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except PermissionError:
+        return None, f"environment of process {pid} unreadable (permission denied)"
+    except OSError as err:
+        return None, f"environment of process {pid} unreadable ({err.strerror})"
+    env = {}
+    for item in data.split(b"\0"):
+        if b"=" in item:
+            k, v = item.split(b"=", 1)
+            env[os.fsdecode(k)] = os.fsdecode(v)
+    return env, None
+
+
+def _pools_of_other_process(runtimes) -> list[Pool]:
+    pools = []
+    for r in runtimes:
+        library = r.name if r.kind != "tbb" else "tbb"
+        pools.append(Pool(library, r.kind, None, r.path, source="unknown", notes=(
+            "the configured size is readable only inside the process; threads_observed "
+            "counts the threads it created",)))
+    return pools
+
+
+def _count_observed(pools, attribution) -> list[Pool]:
+    if attribution is None:
+        return list(pools)
+    counts: dict[str, int] = {}
+    for owner in attribution.owners.values():
+        counts[owner.pool] = counts.get(owner.pool, 0) + 1
+    out = []
+    for p in pools:
+        if p.api == "torch-intraop":
+            out.append(p)  # its threads are its OpenMP runtime's
+            continue
+        key = _OWNER_POOL.get(p.library, p.library)
+        if p.path and p.library not in ("tbb", "openvino", "torch"):
+            found = classify(p.path)
+            if found and found[0] == "openmp":
+                key = f"openmp:{found[1]}"
+        out.append(p.with_observed(counts.get(key, 0)))
+    return out
+
+
+def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
+            python_names: str | None = "auto") -> Report:
+    """Inspect process ``pid`` (default: this one) over ``interval`` seconds.
+
+    Raises ``NoSuchProcess`` / ``AccessDenied`` when the process cannot be
+    inspected at all; facts that cannot be read are None with a note.
+    """
+    target = os.getpid() if pid is None else int(pid)
+    if not IS_LINUX:
+        return _inspect_portable(target, interval)
+    if not os.path.exists(f"/proc/{target}"):
+        raise NoSuchProcess(target)
+    notes: list[str] = []
+    census = take_census(target, interval)
+    notes.extend(census.notes)
+    topology = read_topology(fsroot, pid=target)
+    libs = loaded_libraries(target)
+    if libs.note:
+        notes.append(f"load order: {libs.note}; order shown is {libs.order_source}")
+    runtimes = loaded_runtimes(libraries=libs)
+
+    names = None
+    if target != os.getpid() and python_names == "auto":
+        names, note = _attribution.python_names_with_py_spy(target)
+        if note:
+            notes.append(note)
+    attribution = _attribution.attribute_threads(
+        target, [t.tid for t in census.threads], libraries=libs, python_names=names)
+    if attribution.note:
+        notes.append(attribution.note)
+
+    env, note = _environ_of(target)
+    if note:
+        notes.append(note)
+    preload = tuple(parse_ld_preload(env.get("LD_PRELOAD"))) if env is not None else None
+
+    if target == os.getpid():
+        pools = detect_pools()
+    else:
+        pools = _pools_of_other_process(runtimes)
+    pools = _count_observed(pools, attribution)
+    return Report(pid=target, topology=topology, census=census, attribution=attribution,
+                  runtimes=runtimes, runtimes_order_source=libs.order_source,
+                  ld_preload=preload, pools=tuple(pools), notes=tuple(notes),
+                  command=command_line(target))
+
+
+def _inspect_portable(pid: int, interval: float) -> Report:
+    """What psutil and threadpoolctl know on a platform without /proc."""
+    import psutil
+
+    notes = [f"{sys.platform}: topology, run-queue delay, load order and thread owners are "
+             "read only on Linux; this report holds what psutil and threadpoolctl know"]
+    try:
+        proc = psutil.Process(pid)
+        threads = proc.num_threads()
+    except psutil.NoSuchProcess as err:
+        raise NoSuchProcess(pid) from err
+    except psutil.AccessDenied as err:
+        raise AccessDenied(pid) from err
+    from .census import Census
+    census = Census(pid=pid, interval=0.0, threads=(), threads_total=threads,
+                    threads_active=None, peak_runnable=None, cpu_used=None,
+                    run_delay_ratio=None, notes=())
+    pools = detect_pools() if pid == os.getpid() else []
+    return Report(pid=pid, topology=None, census=census, attribution=None, runtimes=(),
+                  runtimes_order_source=None, ld_preload=None, pools=tuple(pools),
+                  notes=tuple(notes))

@@ -1,0 +1,1 @@
+"""Renderers: they read report objects and write text, nothing else."""

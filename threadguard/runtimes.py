@@ -1,0 +1,111 @@
+"""Native thread runtimes loaded in a process: OpenMP, TBB and BLAS, in load order.
+
+Classification is by the library's file name (vendored copies carry a hash:
+``libgomp-a34b3233.so.1.0.0``). The order is the dynamic linker's (see
+``libraries``). ``LD_PRELOAD`` is parsed the way ld.so does: entries
+separated by spaces or colons.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+
+from .libraries import LoadedLibraries, loaded_libraries
+
+# (kind, name, pattern on the file name)
+PATTERNS: tuple[tuple[str, str, re.Pattern], ...] = tuple(
+    (kind, name, re.compile(pattern)) for kind, name, pattern in (
+        ("openmp", "libgomp", r"^libgomp(?:[-.]|$)"),
+        ("openmp", "libiomp5", r"^libiomp5"),
+        ("openmp", "libomp", r"^libomp(?:[-.]|$)"),
+        ("tbb", "libtbb", r"^libtbb(?:[-.]|_debug|\d|$)(?!.*(?:malloc|bind))"),
+        ("blas", "openblas", r"^lib(?:scipy_)?openblas"),
+        ("blas", "mkl", r"^libmkl_(?:rt|core)"),
+        ("blas", "blis", r"^libblis"),
+        ("blas", "flexiblas", r"^libflexiblas"),
+    ))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    kind: str  # openmp | tbb | blas
+    name: str  # libgomp | libiomp5 | libomp | libtbb | openblas | mkl | blis | flexiblas
+    path: str
+    version: str | None
+    load_index: int
+
+
+@dataclass(frozen=True)
+class PreloadEntry:
+    entry: str
+    path: str | None  # None: a bare name, found through the linker's search path
+    exists: bool | None  # None when it cannot be told (bare name)
+
+
+def classify(path: str) -> tuple[str, str] | None:
+    """``(kind, name)`` of a runtime library path, or None."""
+    base = os.path.basename(path)
+    for kind, name, pattern in PATTERNS:
+        if pattern.search(base):
+            return kind, name
+    return None
+
+
+def parse_ld_preload(value: str | None) -> list[PreloadEntry]:
+    """``LD_PRELOAD``: entries separated by spaces or colons, as ld.so reads it."""
+    out = []
+    for entry in re.split(r"[\s:]+", value or ""):
+        if not entry:
+            continue
+        if "/" in entry:
+            out.append(PreloadEntry(entry, entry, os.path.exists(entry)))
+        else:
+            out.append(PreloadEntry(entry, None, None))
+    return out
+
+
+def _tbb_version(path: str) -> str | None:
+    """oneTBB's ``TBB_runtime_version()``, only if the library is already loaded."""
+    try:
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        fn = lib.TBB_runtime_version
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_char_p
+    value = fn()
+    return value.decode() if value else None
+
+
+def _versions_in_process() -> dict[str, str]:
+    """Versions threadpoolctl knows, by real path (this process only)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {}
+    out = {}
+    for info in threadpool_info():
+        if info.get("version") and info.get("filepath"):
+            out[os.path.realpath(info["filepath"])] = str(info["version"])
+    return out
+
+
+def loaded_runtimes(pid: int | None = None,
+                    libraries: LoadedLibraries | None = None) -> tuple[Runtime, ...]:
+    """Every OpenMP, TBB and BLAS runtime ``pid`` has loaded, in load order."""
+    libs = libraries or loaded_libraries(pid)
+    in_process = libs.pid == os.getpid()
+    versions = _versions_in_process() if in_process else {}
+    out = []
+    for lib in libs.libraries:
+        found = classify(lib.path)
+        if found is None:
+            continue
+        kind, name = found
+        version = versions.get(os.path.realpath(lib.path))
+        if version is None and in_process and name == "libtbb":
+            version = _tbb_version(lib.path)
+        out.append(Runtime(kind, name, lib.path, version, lib.index))
+    return tuple(out)
