@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import cgroup
 from ._errors import AccessDenied, NoSuchProcess
@@ -27,23 +28,9 @@ ACTIVE_SHARE = 0.05  # of one CPU over the interval
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-@dataclass(frozen=True)
-class ThreadSample:
-    """One read of one thread (cumulative counters)."""
-
-    tid: int
-    name: str
-    state: str
-    utime: float  # seconds, tick resolution
-    stime: float
-    oncpu_ns: int  # schedstat: time spent running
-    delay_ns: int  # schedstat: time spent runnable, waiting for a CPU
-    last_cpu: int | None
-
-
-@dataclass(frozen=True)
-class ThreadStats:
-    """One thread over the census interval."""
+class ThreadStats(NamedTuple):
+    """One thread over the census interval (a named tuple: a census of
+    thousands of threads builds thousands of these)."""
 
     tid: int
     name: str
@@ -77,19 +64,11 @@ class Census:
     threads: tuple[ThreadStats, ...]
     threads_total: int
     threads_active: int
-    peak_runnable: int  # most threads in state R at one read
+    peak_runnable: int  # threads in state R when they were read
     cpu_used: float | None  # CPUs' worth of time used in the interval
     run_delay_ratio: float | None  # summed run-queue wait / interval
     throttling: Throttling | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _read(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
 
 
 def parse_stat(data: bytes) -> tuple[str, str, int, int, int | None]:
@@ -108,41 +87,93 @@ def parse_schedstat(data: bytes) -> tuple[int, int]:
     return int(oncpu), int(delay)
 
 
-def _sample_thread(task_dir: str, tid: int) -> ThreadSample | None:
-    """None when the thread vanished between listing and reading."""
+def _fd_budget() -> int:
+    """How many schedstat files may stay open between reads (half the free fds)."""
     try:
-        name, state, ut, st, last_cpu = parse_stat(_read(f"{task_dir}/{tid}/stat"))
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    try:
-        oncpu, delay = parse_schedstat(_read(f"{task_dir}/{tid}/schedstat"))
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except (OSError, ValueError):  # schedstats disabled in this kernel
-        oncpu, delay = int((ut + st) * 1e9 / _TICK), -1
-    return ThreadSample(tid, name, state, ut / _TICK, st / _TICK, oncpu, delay, last_cpu)
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    if soft == getattr(__import__("resource"), "RLIM_INFINITY", -1) or soft <= 0:
+        soft = 65536
+    in_use = len(os.listdir("/proc/self/fd"))
+    return max(0, (soft - in_use) // 2)
 
 
-def _list_tids(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except FileNotFoundError as err:
-        raise NoSuchProcess(pid) from err
-    except PermissionError as err:
-        raise AccessDenied(pid, "cannot list /proc/PID/task") from err
+class _TaskReader:
+    """Reads ``/proc/PID/task/*``, keeping schedstat files open between reads.
 
+    Opening a /proc file costs several times more than re-reading it
+    (``pread`` at offset 0 regenerates it), so a census of 1,000 threads
+    opens each thread's files once.
+    """
 
-def sample(pid: int) -> dict[int, ThreadSample]:
-    """Every thread of ``pid`` now; raises NoSuchProcess if it is gone."""
-    task_dir = f"/proc/{pid}/task"
-    out = {}
-    for tid in _list_tids(pid):
-        s = _sample_thread(task_dir, tid)
-        if s is not None:
-            out[tid] = s
-    if not out and not os.path.exists(f"/proc/{pid}"):
-        raise NoSuchProcess(pid)
-    return out
+    def __init__(self, pid: int):
+        self.pid = pid
+        try:
+            self.task_fd = os.open(f"/proc/{pid}/task", os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError as err:
+            raise NoSuchProcess(pid) from err
+        except PermissionError as err:
+            raise AccessDenied(pid, "cannot open /proc/PID/task") from err
+        self.kept: dict[int, int] = {}
+        self.budget = _fd_budget()
+
+    def close(self) -> None:
+        for fd in self.kept.values():
+            os.close(fd)
+        self.kept.clear()
+        os.close(self.task_fd)
+
+    def tids(self) -> list[int]:
+        try:
+            return [int(t) for t in os.listdir(self.task_fd)]
+        except OSError as err:
+            if not os.path.exists(f"/proc/{self.pid}"):
+                raise NoSuchProcess(self.pid) from err
+            raise AccessDenied(self.pid, str(err)) from err
+
+    def schedstat(self, tid: int) -> tuple[int, int] | None:
+        """(ns on CPU, ns of run-queue delay); None if the thread is gone;
+        delay -1 when the kernel keeps no schedstats."""
+        fd = self.kept.get(tid)
+        try:
+            if fd is not None:
+                return parse_schedstat(os.pread(fd, 128, 0))
+            fd = os.open(b"%d/schedstat" % tid, os.O_RDONLY, dir_fd=self.task_fd)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except (OSError, ValueError):
+            return (-1, -1)
+        try:
+            data = os.read(fd, 128)
+        except OSError:
+            os.close(fd)
+            return None
+        if len(self.kept) < self.budget:
+            self.kept[tid] = fd
+        else:
+            os.close(fd)
+        try:
+            return parse_schedstat(data)
+        except ValueError:
+            return (-1, -1)
+
+    def stat(self, tid: int):
+        try:
+            fd = os.open(b"%d/stat" % tid, os.O_RDONLY, dir_fd=self.task_fd)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        try:
+            data = os.read(fd, 1024)
+        except ProcessLookupError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            return parse_stat(data)
+        except (ValueError, IndexError):
+            return None
 
 
 def _read_cpu_stat(path: str | None) -> cgroup.CpuStat | None:
@@ -155,76 +186,90 @@ def _read_cpu_stat(path: str | None) -> cgroup.CpuStat | None:
         return None
 
 
-def _affinity(tid: int) -> tuple[int, ...] | None:
-    try:
-        return tuple(sorted(os.sched_getaffinity(tid)))
-    except (OSError, AttributeError):
-        return None
-
-
 def take_census(pid: int | None = None, interval: float = 0.2, *,
                 active_share: float = ACTIVE_SHARE) -> Census:
     """Measure every thread of ``pid`` (default: this process) over ``interval``
-    seconds. ``interval=0`` takes one snapshot: no rates, no run-delay ratio."""
+    seconds. ``interval=0`` takes one snapshot: no rates, no run-delay ratio.
+
+    Threads are listed at the end of the interval; those that ended during it
+    are counted in a note, those born during it are measured from their start.
+    """
     pid = os.getpid() if pid is None else int(pid)
     notes: list[str] = []
     stat_file = cgroup.read_limits(FsRoot("/"), pid).cpu_stat_file
-    cpu_stat0 = _read_cpu_stat(stat_file)
-    t0 = time.monotonic()
-    first = sample(pid)
-    runnable = [sum(1 for s in first.values() if s.state == "R")]
-    last = first
-    elapsed = 0.0
-    if interval > 0:
-        time.sleep(interval)
+    reader = _TaskReader(pid)
+    try:
+        cpu_stat0 = _read_cpu_stat(stat_file)
+        t0 = time.monotonic()
+        first = {}
+        if interval > 0:
+            for tid in reader.tids():
+                value = reader.schedstat(tid)
+                if value is not None:
+                    first[tid] = value
+            time.sleep(interval)
         try:
-            last = sample(pid)
-            runnable.append(sum(1 for s in last.values() if s.state == "R"))
+            tids = reader.tids()
         except NoSuchProcess:
-            notes.append(f"process {pid} exited during the interval: counts are from its start")
-            last = {}
-        elapsed = time.monotonic() - t0
-    cpu_stat1 = _read_cpu_stat(stat_file)
+            if not first:
+                raise
+            tids = []
+        elapsed = max(time.monotonic() - t0, 1e-9) if interval > 0 else 0.0
+        threads = []
+        no_schedstat = False
+        stat, schedstat, affinity = reader.stat, reader.schedstat, os.sched_getaffinity
+        tick = float(_TICK)
+        for tid in tids:
+            st = stat(tid)
+            if st is None:
+                continue
+            name, state, ut, stt, last_cpu = st
+            used = delay_s = share = None
+            if interval > 0:  # a snapshot needs no schedstat: it has no rates
+                sched = schedstat(tid)
+                if sched is None:
+                    continue
+                oncpu, delay = sched
+                if oncpu < 0:
+                    no_schedstat = True
+                else:
+                    oncpu0, delay0 = first.get(tid, (0, 0))
+                    used = (oncpu - oncpu0) / 1e9 if oncpu > oncpu0 else 0.0
+                    share = used / elapsed
+                    delay_s = ((delay - delay0) / 1e9 if delay > delay0 else 0.0) if delay >= 0 else None
+            try:
+                allowed = tuple(sorted(affinity(tid)))
+            except OSError:
+                allowed = None
+            threads.append(ThreadStats(
+                tid, name, state, (ut + stt) / tick, ut / tick, stt / tick, used, delay_s, share,
+                share is not None and share >= active_share and state not in "ZX",
+                last_cpu, allowed))
+        cpu_stat1 = _read_cpu_stat(stat_file)
+    finally:
+        reader.close()
 
-    main = first.get(pid)
+    if first and not threads and not os.path.exists(f"/proc/{pid}"):
+        notes.append(f"process {pid} exited during the interval: nothing left to measure")
+    main = next((t for t in threads if t.tid == pid), None)
     if main is not None and main.state == "Z":
         notes.append(f"process {pid} is a zombie: its threads are gone")
-    vanished = set(first) - set(last) if last else set()
-    if vanished and last:
-        notes.append(f"{len(vanished)} thread(s) ended during the interval")
-    born = set(last) - set(first)
-
-    threads = []
-    for tid in sorted(set(first) | set(last)):
-        a, b = first.get(tid), last.get(tid)
-        now = b or a
-        if elapsed > 0 and b is not None:
-            oncpu0 = a.oncpu_ns if a else 0
-            delay0 = a.delay_ns if a else 0
-            used = max(b.oncpu_ns - oncpu0, 0) / 1e9
-            delay = (max(b.delay_ns - delay0, 0) / 1e9) if b.delay_ns >= 0 else None
-            share = used / elapsed
-        else:
-            used = delay = share = None
-        active = share is not None and share >= active_share and now.state not in "ZX"
-        threads.append(ThreadStats(
-            tid=tid, name=now.name, state=now.state,
-            cpu_seconds=now.utime + now.stime, user_seconds=now.utime,
-            system_seconds=now.stime, interval_cpu_seconds=used, run_delay_seconds=delay,
-            cpu_share=share, active=active, last_cpu=now.last_cpu,
-            allowed_cpus=_affinity(tid) if b is not None or elapsed == 0 else None))
+    seen = {t.tid for t in threads}
+    ended = set(first) - seen
+    born = seen - set(first) if interval > 0 else set()
+    if ended and threads:
+        notes.append(f"{len(ended)} thread(s) ended during the interval")
     if born:
         notes.append(f"{len(born)} thread(s) started during the interval")
+    if no_schedstat:
+        notes.append("schedstat unavailable in this kernel: CPU time and run-queue delay unknown")
 
+    cpu_used = ratio = None
     if elapsed > 0:
-        measured = [t for t in threads if t.interval_cpu_seconds is not None]
-        cpu_used = sum(t.interval_cpu_seconds for t in measured) / elapsed
-        delays = [t.run_delay_seconds for t in measured if t.run_delay_seconds is not None]
-        ratio = sum(delays) / elapsed if delays else None
-        if not delays and measured:
-            notes.append("schedstat unavailable: run-queue delay unknown")
-    else:
-        cpu_used = ratio = None
+        used = [t.interval_cpu_seconds for t in threads if t.interval_cpu_seconds is not None]
+        delays = [t.run_delay_seconds for t in threads if t.run_delay_seconds is not None]
+        cpu_used = sum(used) / elapsed if used else (0.0 if not threads else None)
+        ratio = sum(delays) / elapsed if delays else (0.0 if not threads else None)
 
     throttling = None
     if cpu_stat0 is not None and cpu_stat1 is not None and elapsed > 0:
@@ -232,7 +277,7 @@ def take_census(pid: int | None = None, interval: float = 0.2, *,
                                 cpu_stat1.nr_throttled - cpu_stat0.nr_throttled,
                                 cpu_stat1.throttled_seconds - cpu_stat0.throttled_seconds)
     return Census(
-        pid=pid, interval=elapsed, threads=tuple(threads),
-        threads_total=len(last or first), threads_active=sum(t.active for t in threads),
-        peak_runnable=max(runnable), cpu_used=cpu_used, run_delay_ratio=ratio,
-        throttling=throttling, notes=tuple(notes))
+        pid=pid, interval=elapsed, threads=tuple(threads), threads_total=len(threads),
+        threads_active=sum(t.active for t in threads),
+        peak_runnable=sum(1 for t in threads if t.state == "R"),
+        cpu_used=cpu_used, run_delay_ratio=ratio, throttling=throttling, notes=tuple(notes))

@@ -184,7 +184,10 @@ def loaded_libraries(pid: int | None = None) -> LoadedLibraries:
             note = f"the linker's list is unreadable: {err}"
     else:
         note = "the linker's list is read only on 64-bit little-endian Linux"
-    return LoadedLibraries(pid, _maps_libraries(pid), ORDER_MAPS, note)
+    try:
+        return LoadedLibraries(pid, _maps_libraries(pid), ORDER_MAPS, note)
+    except AccessDenied as err:
+        return LoadedLibraries(pid, (), ORDER_MAPS, f"{note}; {err.detail}: libraries unknown")
 
 
 class AddressSpace:
