@@ -22,6 +22,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -131,9 +132,15 @@ def _python_names_in_process() -> dict[int, str]:
     return {t.native_id: t.name for t in threading.enumerate() if t.native_id}
 
 
+def find_py_spy() -> str | None:
+    """py-spy on PATH, or installed beside this interpreter (a venv not activated)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return shutil.which("py-spy") or (beside if os.access(beside, os.X_OK) else None)
+
+
 def python_names_with_py_spy(pid: int, timeout: float = 10.0) -> tuple[dict[int, str], str | None]:
     """Python thread names of another process via ``py-spy dump --json``."""
-    exe = shutil.which("py-spy")
+    exe = find_py_spy()
     if exe is None:
         return {}, "py-spy not installed: Python thread names unknown"
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+import psutil
+
 from . import attribution as _attribution
 from ._errors import AccessDenied, NoSuchProcess
 from .census import take_census
@@ -122,8 +124,6 @@ def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
 
 def _inspect_portable(pid: int, interval: float) -> Report:
     """What psutil and threadpoolctl know on a platform without /proc."""
-    import psutil
-
     notes = [f"{sys.platform}: topology, run-queue delay, load order and thread owners are "
              "read only on Linux; this report holds what psutil and threadpoolctl know"]
     try:

@@ -37,6 +37,6 @@ def detect() -> list[Pool]:
                           notes=(f"{streams} stream(s)",)))
     if not pools:
         pools.append(Pool("openvino", "openvino", None, source="unknown", notes=(
-            "compiled models are known only when compiled through threadguard "
-            "(threadguard.pools.openvino.track); OpenVINO's TBB pool is reported as tbb",)))
+            "size known for models registered with threadguard.pools.openvino.track; "
+            "its TBB workers: see tbb",)))
     return pools

@@ -78,8 +78,9 @@ def render_report(report: Report, console: Console) -> None:
     if report.runtimes:
         table = Table(title="Runtimes (load order: " + (report.runtimes_order_source or "?") + ")",
                       title_justify="left")
-        for col in ("#", "kind", "name", "version", "path"):
+        for col in ("#", "kind", "name", "version"):
             table.add_column(col)
+        table.add_column("path", overflow="fold")
         for r in report.runtimes:
             table.add_row(str(r.load_index), r.kind, r.name, r.version or "?", _home(r.path))
         console.print(table)

@@ -1,0 +1,133 @@
+"""Runtimes: classification, LD_PRELOAD, and exact load order on real libraries."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import pytest
+
+import threadguard
+from threadguard.libraries import ORDER_DL_ITERATE, ORDER_LINK_MAP, ORDER_MAPS, loaded_libraries
+from threadguard.runtimes import classify, parse_ld_preload
+from procs import intel_libiomp5, llvm_libomp, python_child, sklearn_libgomp
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("libgomp.so.1", ("openmp", "libgomp")),
+    ("libgomp-e985bcbb.so.1.0.0", ("openmp", "libgomp")),
+    ("libgomp-a34b3233.so.1", ("openmp", "libgomp")),
+    ("libiomp5.so", ("openmp", "libiomp5")),
+    ("libomp.so.5", ("openmp", "libomp")),
+    ("libomp-7d1c7e1b.so", ("openmp", "libomp")),
+    ("libomptarget.so", None),
+    ("libtbb.so.12", ("tbb", "libtbb")),
+    ("libtbb.so.2", ("tbb", "libtbb")),
+    ("libtbbmalloc.so.2", None),
+    ("libtbbbind_2_5.so.3", None),
+    ("libscipy_openblas64_-32a4b2a6.so", ("blas", "openblas")),
+    ("libopenblasp-r0-2ecf47d5.3.27.so", ("blas", "openblas")),
+    ("libopenblas.so.0", ("blas", "openblas")),
+    ("libmkl_rt.so.2", ("blas", "mkl")),
+    ("libblis.so.4", ("blas", "blis")),
+    ("libgfortran-040039e1.so.5.0.0", None),
+    ("libstdc++.so.6", None),
+])
+def test_classify(name, expected):
+    assert classify(f"/some/where/{name}") == expected
+
+
+def test_ld_preload_spaces_colons_and_missing(tmp_path):
+    real = tmp_path / "libiomp5.so"
+    real.write_bytes(b"")
+    entries = parse_ld_preload(f"  {real}:{tmp_path}/missing.so  libjemalloc.so.2 ::")
+    assert [(e.entry, e.exists) for e in entries] == [
+        (str(real), True), (f"{tmp_path}/missing.so", False), ("libjemalloc.so.2", None)]
+    assert parse_ld_preload("") == [] and parse_ld_preload(None) == []
+
+
+LOAD_IN_ORDER = """
+import ctypes, sys
+paths = sys.argv[1:] if len(sys.argv) > 1 else PATHS
+for p in paths:
+    ctypes.CDLL(p)
+import threadguard
+own = [(r.name, r.path) for r in threadguard.runtimes()]
+report(own=own)
+"""
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("order", ["gnu-first", "intel-first"])
+def test_load_order_is_the_linkers_in_process_and_from_outside(order):
+    gomp, iomp = sklearn_libgomp(), intel_libiomp5()
+    llvm = llvm_libomp()
+    paths = [gomp, iomp, llvm] if order == "gnu-first" else [iomp, llvm, gomp]
+    code = LOAD_IN_ORDER.replace("PATHS", repr(paths))
+    with python_child(code) as child:
+        outside = threadguard.runtimes(child.pid)
+        libs = loaded_libraries(child.pid)
+    own_openmp = [os.path.realpath(p) for n, p in child.facts["own"] if n.startswith("lib")
+                  and n in ("libgomp", "libiomp5", "libomp")]
+    assert own_openmp == [os.path.realpath(p) for p in paths]
+    assert libs.order_source == ORDER_LINK_MAP
+    outside_openmp = [os.path.realpath(r.path) for r in outside if r.kind == "openmp"]
+    assert outside_openmp == [os.path.realpath(p) for p in paths]
+    indices = [r.load_index for r in outside]
+    assert indices == sorted(indices)
+
+
+def test_in_process_uses_dl_iterate_phdr():
+    libs = loaded_libraries()
+    assert libs.order_source == ORDER_DL_ITERATE
+    assert os.path.basename(libs.libraries[0].path).startswith("python") or libs.libraries[0].index == 0
+    assert any("libc.so" in lib.path for lib in libs.libraries)
+
+
+def _drop_ptrace_capability():
+    # PR_CAPBSET_DROP(CAP_SYS_PTRACE): after exec, even root cannot read the
+    # memory of a process that made itself non-dumpable.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(24, 19, 0, 0, 0)
+
+
+NON_DUMPABLE = """
+import ctypes, numpy as np
+np.ones((200, 200)) @ np.ones((200, 200))
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: /proc/PID/mem, maps: owner only
+report()
+"""
+
+INSPECT_OTHER = """
+import json, sys, threadguard
+from threadguard.libraries import loaded_libraries
+from threadguard.attribution import attribute_threads
+pid = int(sys.argv[1])
+libs = loaded_libraries(pid)
+att = attribute_threads(pid)
+c = threadguard.census(pid, interval=0.1)
+print(json.dumps({"order": libs.order_source, "note": libs.note, "n": len(libs.libraries),
+                  "pools": sorted({o.pool for o in att.owners.values()}), "att_note": att.note,
+                  "threads": c.threads_total}))
+"""
+
+
+@pytest.mark.live
+def test_unreadable_memory_falls_back_and_says_why():
+    if os.geteuid() != 0:
+        pytest.skip("the test makes a root inspector lose CAP_SYS_PTRACE; run as root")
+    import json
+    import subprocess
+    import sys
+    with python_child(NON_DUMPABLE, env={"OPENBLAS_NUM_THREADS": "2"}) as child:
+        out = subprocess.run([sys.executable, "-c", INSPECT_OTHER, str(child.pid)],
+                             capture_output=True, text=True, preexec_fn=_drop_ptrace_capability,
+                             env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                                 os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert facts["order"] == ORDER_MAPS
+    assert "permission" in facts["note"] or "ptrace" in facts["note"]
+    assert facts["pools"] == ["main", "unattributed"]
+    assert "ptrace" in facts["att_note"]
+    assert facts["threads"] >= 2  # the census itself still works
