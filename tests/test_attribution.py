@@ -32,13 +32,9 @@ worker.start()
 
 ov_threads = []
 if WITH_OPENVINO:
-    import openvino as ov, openvino.opset13 as ops
     before = tids()
-    p = ops.parameter([1, 64], np.float32)
-    w = ops.constant(np.ones((64, 64), np.float32))
-    model = ov.Model([ops.relu(ops.matmul(p, w, False, False))], [p])
-    compiled = ov.Core().compile_model(model, "CPU")
-    compiled.create_infer_request().infer({0: np.ones((1, 64), np.float32)})
+    compiled, request = openvino_request(64)
+    request.infer({0: np.ones((1, 64), np.float32)})
     ov_threads = new_tids(before)
 
 from threadguard.attribution import attribute_threads

@@ -19,12 +19,8 @@ from procs import python_child
 ROOT = Path(__file__).parents[1]
 
 NUMPY_AND_OPENVINO = """
-import numpy as np, openvino as ov, openvino.opset13 as ops, time
-p = ops.parameter([1, 256], np.float32)
-w = ops.constant(np.ones((256, 256), np.float32))
-model = ov.Model([ops.relu(ops.matmul(p, w, False, False))], [p])
-compiled = ov.Core().compile_model(model, "CPU")
-request = compiled.create_infer_request()
+import numpy as np
+compiled, request = openvino_request()
 a = np.random.rand(400, 400)
 stop = threading.Event()
 def work():
@@ -68,12 +64,8 @@ def test_inspect_json_of_numpy_and_openvino_process():
 
 
 IN_PROCESS_POOLS = """
-import numpy as np, openvino as ov, openvino.opset13 as ops
-p = ops.parameter([1, 256], np.float32)
-w = ops.constant(np.ones((256, 256), np.float32))
-model = ov.Model([ops.relu(ops.matmul(p, w, False, False))], [p])
-compiled = ov.Core().compile_model(model, "CPU")
-request = compiled.create_infer_request()
+import numpy as np
+compiled, request = openvino_request()
 for _ in range(200):  # TBB starts its workers asynchronously
     request.infer({0: np.ones((1, 256), np.float32)})
     if len(tids()) >= 5:  # main, OpenBLAS worker, 2 OpenVINO threads, a TBB worker
