@@ -22,6 +22,7 @@ class Expected:
     packages: list[frozenset[int]] | None = None  # each package's CPUs
     cores: set[frozenset[int]] | None = None  # each core's CPUs
     numa: dict[int, frozenset[int]] = field(default_factory=dict)  # P# -> CPUs of its parent
+    core_kinds: dict[frozenset[int], int] = field(default_factory=dict)  # core CPUs -> cpukind
     disallowed: bool = False  # lstopo --disallowed: every online CPU shown
 
 
@@ -61,7 +62,7 @@ def unpack(case: Case, into: Path) -> Path:
         members = tar.getmembers()
         top = members[0].name.split("/")[0]
         if not (into / top).exists():
-            wanted = [m for m in members if m.isfile() and _WANTED.search(m.name)]
+            wanted = [m for m in members if (m.isfile() or m.issym()) and _WANTED.search(m.name)]
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(into, members=wanted, filter="tar")
             else:
@@ -70,15 +71,19 @@ def unpack(case: Case, into: Path) -> Path:
 
 
 _WANTED = re.compile(
-    r"^[^/]+/(proc/|sys/devices/system/cpu/(online|cpu\d+/(online|topology/|cpu_capacity"
-    r"|cpufreq/(base_frequency|cpuinfo_max_freq)))|sys/devices/system/node/(online|"
-    r"node\d+/(cpulist|cpumap|distance))|sys/devices/cpu_(core|atom)/cpus|"
-    r"(sys/fs/cgroup|dev/cpuset|dev/cgroup|cgroup)/.*(cpus|mems|cpu\.|cgroup\.controllers))")
+    r"^[^/]+/(proc/"
+    r"|sys/devices/system/cpu/(online|cpu\d+/(online|topology/|cpu_capacity|cpufreq$"
+    r"|cpufreq/(base_frequency|cpuinfo_max_freq))"
+    r"|cpufreq/policy\d+/(base_frequency|cpuinfo_max_freq))"
+    r"|sys/devices/system/node/(online|node\d+/(cpulist|cpumap|distance))"
+    r"|sys/devices/cpu_(core|atom)/cpus"
+    r"|(sys/fs/cgroup|dev/cpuset|dev/cgroup|cgroup)/.*(cpus|mems|cpu\.|cgroup\.controllers))")
 
 
 class _Node:
-    def __init__(self, kind: str, os_index: int | None, parent: "_Node | None"):
-        self.kind, self.os_index, self.parent = kind, os_index, parent
+    def __init__(self, kind: str, os_index: int | None, parent: "_Node | None",
+                 cpukind: int | None = None):
+        self.kind, self.os_index, self.parent, self.cpukind = kind, os_index, parent, cpukind
         self.children: list[_Node] = []
 
     def pus(self) -> set[int]:
@@ -116,6 +121,7 @@ def _collect(root: _Node, disallowed: bool) -> Expected:
         exp.packages = [frozenset(p.pus()) for p in packages]
     if cores and every_pu_under("Core"):
         exp.cores = {frozenset(c.pus()) for c in cores}
+    exp.core_kinds = {frozenset(c.pus()): c.cpukind for c in cores if c.cpukind is not None}
     for node in numa:
         # A NUMA node hangs under the object it is local to, maybe through
         # memory-side caches: its CPUs are that object's.
@@ -127,6 +133,7 @@ def _collect(root: _Node, disallowed: bool) -> Expected:
 
 
 _LINE = re.compile(r"^(\s*)([A-Za-z0-9]+)")
+_CPUKIND = re.compile(r"\bcpukind=(\d+)")
 _OS_INDEX = re.compile(r"^\s*\S+(?: L#\d+)? \(P#(\d+)")
 
 
@@ -144,7 +151,9 @@ def parse_console(path: Path, options: str) -> Expected:
         while stack[-1][0] >= indent:
             stack.pop()
         parent = stack[-1][1]
-        node = _Node(kind, int(p.group(1)) if p else None, parent)
+        kind_attr = _CPUKIND.search(line)
+        node = _Node(kind, int(p.group(1)) if p else None, parent,
+                     int(kind_attr.group(1)) if kind_attr else None)
         parent.children.append(node)
         stack.append((indent, node))
     return _collect(root, "--disallowed" in options)

@@ -36,3 +36,30 @@ def machine(root: Path, ncpus: int, *, affinity: str | None = None, smt: int = 1
                                   "Mems_allowed_list:\t0\n")
     files.update(extra or {})
     return write_tree(root, files)
+
+
+def multi_socket(root: Path, sockets: int, cores_per_socket: int, smt: int = 1,
+                 extra: dict[str, str] | None = None) -> Path:
+    """Linux's usual numbering: first threads of all cores, then their siblings;
+    one NUMA node per socket."""
+    total = sockets * cores_per_socket
+    files = {"/sys/devices/system/cpu/online": f"0-{total * smt - 1}\n"}
+    node_cpus: dict[int, list[int]] = {s: [] for s in range(sockets)}
+    for t in range(smt):
+        for s in range(sockets):
+            for c in range(cores_per_socket):
+                cpu = t * total + s * cores_per_socket + c
+                siblings = ",".join(str(k * total + s * cores_per_socket + c) for k in range(smt))
+                base = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+                files[f"{base}/physical_package_id"] = f"{s}\n"
+                files[f"{base}/core_id"] = f"{c}\n"
+                files[f"{base}/thread_siblings_list"] = siblings + "\n"
+                node_cpus[s].append(cpu)
+    for s, cpus in node_cpus.items():
+        files[f"/sys/devices/system/node/node{s}/cpulist"] = ",".join(map(str, sorted(cpus))) + "\n"
+        files[f"/sys/devices/system/node/node{s}/distance"] = " ".join(
+            "10" if k == s else "21" for k in range(sockets)) + "\n"
+    files["/proc/self/status"] = (f"Cpus_allowed_list:\t0-{total * smt - 1}\n"
+                                  f"Mems_allowed_list:\t0-{sockets - 1}\n")
+    files.update(extra or {})
+    return write_tree(root, files)

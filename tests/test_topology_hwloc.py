@@ -55,3 +55,10 @@ def test_matches_hwloc(case, dumps, request):
                      (i not in ours_numa and c)}
     assert with_cpus == exp_with_cpus
     assert set(exp.numa) <= set(ours_numa)
+    # Hybrid CPUs: hwloc ranks kinds by efficiency (the highest is the most
+    # powerful); threadguard names the highest "performance", the rest "efficiency".
+    if exp.core_kinds:
+        top = max(exp.core_kinds.values())
+        ours = {frozenset(c.cpus): c.kind for c in topo.cores}
+        for cpus, kind in exp.core_kinds.items():
+            assert ours[cpus] == ("performance" if kind == top else "efficiency")

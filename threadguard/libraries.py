@@ -82,16 +82,25 @@ def _dynamic_of(info: _DlPhdrInfo) -> int:
     return 0
 
 
+_generation = [0, 0]
+
+
+def _record_generation(info, size, data):
+    contents = info.contents
+    _generation[0], _generation[1] = contents.dlpi_adds, contents.dlpi_subs
+    return 1  # the counters are the same in every entry: stop at the first
+
+
+_GENERATION_CALLBACK = _CALLBACK(_record_generation)
+
+
 def linker_generation() -> tuple[int, int]:
     """``(adds, subs)``: the linker's load/unload counters, to rescan only on change."""
-    out = [0, 0]
-
-    def visit(info, size):
-        out[0], out[1] = info.dlpi_adds, info.dlpi_subs
-        return 1  # the counters are the same in every entry: stop at the first
-
-    _dl_iterate_phdr(visit)
-    return out[0], out[1]
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None)
+    _libc.dl_iterate_phdr(_GENERATION_CALLBACK, None)
+    return _generation[0], _generation[1]
 
 
 def _self_libraries() -> tuple[LoadedLibrary, ...]:

@@ -1,0 +1,112 @@
+"""The planner: pure functions over dumped and built topologies."""
+
+from __future__ import annotations
+
+import pytest
+
+import threadguard
+from threadguard.plan import MODES
+from threadguard._fs import format_cpulist
+from hwloc_expected import cases, unpack
+from machine_tree import V2_MOUNTINFO, machine, multi_socket
+
+
+@pytest.fixture(scope="module")
+def two_by_28(tmp_path_factory):
+    root = multi_socket(tmp_path_factory.mktemp("2x28"), sockets=2, cores_per_socket=28, smt=2)
+    return threadguard.topology(fsroot=root)
+
+
+def test_guide_latency_plan_on_two_sockets_of_28_smt_cores(two_by_28):
+    plan = threadguard.plan(two_by_28, "latency")
+    # numactl -m 0 --physcpubind 0-27 benchmark_app -api sync -nthreads 28
+    assert plan.threads == 28
+    assert format_cpulist(plan.cpus) == "0-27"
+    assert plan.memory_nodes == (0,)
+    assert plan.pin and not plan.hyper_threading
+    assert plan.numactl_args() == ["-m", "0", "--physcpubind", "0-27"]
+    assert plan.streams == 1
+
+
+def test_latency_on_the_other_socket(two_by_28):
+    plan = threadguard.plan(two_by_28, "latency", socket=1)
+    assert format_cpulist(plan.cpus) == "28-55" and plan.memory_nodes == (1,)
+
+
+def test_throughput_uses_physical_cores_and_a_stream_per_node(two_by_28):
+    plan = threadguard.plan(two_by_28)
+    assert plan.threads == 56  # 112 hardware threads, 56 cores
+    assert plan.streams == 2 and plan.threads_per_stream == 28
+    assert not plan.pin and plan.memory_nodes is None
+    assert len(plan.cpus) == 112  # not pinned: every allowed CPU
+
+
+def test_quota_caps_the_plan(tmp_path):
+    root = multi_socket(tmp_path, 2, 8, smt=2, extra={
+        "/proc/self/cgroup": "0::/job\n", "/proc/self/mountinfo": V2_MOUNTINFO,
+        "/sys/fs/cgroup/job/cpu.max": "300000 100000\n"})
+    topo = threadguard.topology(fsroot=root)
+    assert threadguard.plan(topo).threads == 3
+    assert threadguard.plan(topo, "latency").threads == 3
+
+
+def test_consumers_share_the_budget(two_by_28):
+    assert threadguard.plan(two_by_28, consumers=4).threads == 14
+    assert threadguard.plan(two_by_28, consumers=1000).threads == 1
+
+
+def test_split_disjoint_cpu_sets(two_by_28):
+    plan = threadguard.plan(two_by_28, pin=True)
+    shares = plan.split(4, disjoint=True)
+    sets = [set(s.cpus) for s in shares]
+    assert all(s.pin for s in shares)
+    assert sum(len(s) for s in sets) == len(plan.cpus)
+    assert all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1:])
+    assert all(s.threads == 14 for s in shares)
+
+
+def test_hybrid_latency_takes_performance_cores(tmp_path):
+    case = next(c for c in cases() if c.name == "20em64t-hybrid-1p6c2t+2ca4co1t")
+    topo = threadguard.topology(fsroot=unpack(case, tmp_path))
+    plan = threadguard.plan(topo, "latency")
+    perf = [c for c in topo.cores if c.kind == "performance"]
+    assert plan.core_type == "performance"
+    assert plan.threads == len(perf) == 6
+    assert set(plan.cpus) == {c.cpus[0] for c in perf}
+
+
+@pytest.mark.parametrize("case", [c for c in cases() if c.name in (
+    "16em64t-4s2c2t", "16amd64-8n2c", "32intel64-2p8co2t+8ve", "64amd64-4s2n4ca2co",
+    "48amd64-4pa2n6c-sparse", "16amd64-8n2c-cpusets")], ids=lambda c: c.name)
+def test_plans_on_dumped_machines_stay_inside_the_machine(case, tmp_path):
+    topo = threadguard.topology(fsroot=unpack(case, tmp_path))
+    for mode in MODES:
+        plan = threadguard.plan(topo, mode)
+        assert 1 <= plan.threads <= topo.effective_cpus
+        assert set(plan.cpus) <= set(topo.allowed_cpus)
+        assert plan.threads <= len(topo.allowed_cores())
+        if plan.memory_nodes:
+            assert set(plan.memory_nodes) <= set(n.id for n in topo.numa_nodes)
+    latency = threadguard.plan(topo, "latency")
+    packages = {c.package for c in topo.cores if set(c.cpus) & set(latency.cpus)}
+    assert len(packages) == 1  # one socket
+
+
+@pytest.mark.parametrize("bad, message", [
+    (0, "got 0"), (-2, "got -2"), (1.5, "got 1.5"), ("4", "got '4'"), (True, "got True")])
+def test_bad_thread_counts(two_by_28, bad, message):
+    with pytest.raises(ValueError, match=message):
+        threadguard.plan(two_by_28, threads=bad)
+
+
+def test_bad_mode_and_socket(two_by_28):
+    with pytest.raises(ValueError, match="throughput, latency"):
+        threadguard.plan(two_by_28, "fast")
+    with pytest.raises(ValueError, match="socket must be one of 0, 1"):
+        threadguard.plan(two_by_28, "latency", socket=7)
+
+
+def test_single_socket_latency_is_its_physical_cores_unpinned(tmp_path):
+    topo = threadguard.topology(fsroot=machine(tmp_path, 8, smt=2))
+    plan = threadguard.plan(topo, "latency")
+    assert plan.threads == 4 and not plan.pin and plan.memory_nodes is None

@@ -1,0 +1,108 @@
+"""CPU affinity and memory policy, set and restored (numactl's two halves).
+
+Affinity is set on every thread of the process (``sched_setaffinity`` per
+thread), as ``numactl --physcpubind`` would have at start; threads created
+inside inherit it. The memory policy (``set_mempolicy(MPOL_BIND)``, numactl's
+``-m``) is a per-thread property: it is set for the calling thread, which
+covers the memory it allocates and the threads it starts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+MPOL_DEFAULT, MPOL_BIND = 0, 2
+_MASK_LONGS = 16  # 1,024 nodes
+_SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236), "ppc64le": (261, 260),
+             "s390x": (270, 269)}  # (set_mempolicy, get_mempolicy)
+_libc = None
+
+
+def _syscall():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.syscall
+
+
+def get_mempolicy() -> tuple[int, tuple[int, ...]] | None:
+    """The calling thread's (mode, nodes), or None where unsupported."""
+    numbers = _SYSCALLS.get(platform.machine())
+    if numbers is None:
+        return None
+    mode = ctypes.c_int(0)
+    mask = (ctypes.c_ulong * _MASK_LONGS)()
+    rc = _syscall()(numbers[1], ctypes.byref(mode), mask, ctypes.c_ulong(_MASK_LONGS * 64 + 1),
+                    None, ctypes.c_ulong(0))
+    if rc != 0:
+        return None
+    nodes = tuple(i for i in range(_MASK_LONGS * 64) if mask[i // 64] >> (i % 64) & 1)
+    return mode.value, nodes
+
+
+def set_mempolicy(mode: int, nodes) -> None:
+    numbers = _SYSCALLS.get(platform.machine())
+    if numbers is None:
+        raise OSError(f"set_mempolicy: unsupported machine {platform.machine()}")
+    mask = (ctypes.c_ulong * _MASK_LONGS)()
+    for node in nodes or ():
+        mask[node // 64] |= 1 << (node % 64)
+    maxnode = ctypes.c_ulong(_MASK_LONGS * 64 + 1 if nodes else 0)
+    rc = _syscall()(numbers[0], ctypes.c_int(mode), mask if nodes else None, maxnode)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"set_mempolicy: {os.strerror(err)}")
+
+
+def _tids() -> list[int]:
+    return [int(t) for t in os.listdir("/proc/self/task")]
+
+
+def pin(cpus, memory_nodes, applied) -> dict:
+    """Restrict every thread to ``cpus`` and this thread's memory to
+    ``memory_nodes``; returns what ``unpin`` needs to undo it."""
+    saved = {"affinity": {}, "default": None, "mempolicy": None}
+    try:
+        saved["default"] = os.sched_getaffinity(0)
+        for tid in _tids():
+            try:
+                before = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus)
+                saved["affinity"][tid] = before
+            except OSError:  # a thread that ended, or a CPU outside the cpuset
+                continue
+        applied.append(("affinity", "process", sorted(saved["default"]), sorted(cpus),
+                        "applied", None, f"{len(saved['affinity'])} threads"))
+    except (OSError, AttributeError) as err:
+        applied.append(("affinity", "process", None, None, "refused", None, str(err)))
+    if memory_nodes:
+        before = get_mempolicy()
+        try:
+            set_mempolicy(MPOL_BIND, memory_nodes)
+            saved["mempolicy"] = before or (MPOL_DEFAULT, ())
+            applied.append(("memory policy", "thread", before, ("bind", list(memory_nodes)),
+                            "applied", None, None))
+        except OSError as err:
+            applied.append(("memory policy", "thread", before, None, "refused", None,
+                            str(err)))
+    return saved
+
+
+def unpin(saved: dict) -> None:
+    default = saved.get("default")
+    for tid in _tids():
+        before = saved["affinity"].get(tid, default)
+        if before is None:
+            continue
+        try:
+            os.sched_setaffinity(tid, before)
+        except OSError:
+            pass
+    if saved.get("mempolicy") is not None:
+        mode, nodes = saved["mempolicy"]
+        try:
+            set_mempolicy(mode, nodes if mode != MPOL_DEFAULT else ())
+        except OSError:
+            pass
