@@ -12,7 +12,7 @@ import pytest
 
 import threadguard
 from threadguard._errors import NoSuchProcess
-from threadguard.census import parse_schedstat, parse_stat
+from threadguard.threads import parse_schedstat, parse_stat
 from procs import python_child
 
 pytestmark = pytest.mark.live

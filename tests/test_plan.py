@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import threadguard
-from threadguard.plan import MODES
+from threadguard.planner import MODES
 from threadguard._fs import format_cpulist
 from hwloc_expected import cases, unpack
 from machine_tree import V2_MOUNTINFO, machine, multi_socket

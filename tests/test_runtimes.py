@@ -9,7 +9,7 @@ import pytest
 
 import threadguard
 from threadguard.libraries import ORDER_DL_ITERATE, ORDER_LINK_MAP, ORDER_MAPS, loaded_libraries
-from threadguard.runtimes import classify, parse_ld_preload
+from threadguard.runtime_libs import classify, parse_ld_preload
 from procs import intel_libiomp5, llvm_libomp, python_child, sklearn_libgomp
 
 

@@ -4,16 +4,18 @@ The public API, nothing else: every name here is documented in README.md.
 """
 
 from ._errors import AccessDenied, NoSuchProcess, ThreadguardError, ZombieProcess
-from .census import Census, take_census as census
+from .threads import Census, take_census as census
 from .guard import Applied, OversubscriptionWarning, budget, current_budget
 from .inspection import inspect
 from .report import Report
-from .runtimes import loaded_runtimes as runtimes
-from .plan import Plan, make_plan as plan
-from .topology import Topology, read_topology as topology
+from .runtime_libs import loaded_runtimes as runtimes
+from .planner import Plan, make_plan as plan
+from .machine import Topology, read_topology as topology
+from .workers import WorkerBudget, worker_budget
 
 __all__ = [
     "topology", "census", "inspect", "runtimes", "plan", "budget", "current_budget",
+    "worker_budget", "WorkerBudget",
     "Topology", "Census", "Report", "Plan", "Applied", "OversubscriptionWarning",
     "ThreadguardError", "NoSuchProcess", "AccessDenied", "ZombieProcess",
 ]

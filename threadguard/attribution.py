@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from . import _procmem
 from ._errors import AccessDenied, NoSuchProcess
 from .libraries import AddressSpace, LoadedLibraries, loaded_libraries, read_maps
-from .runtimes import classify
+from .runtime_libs import classify
 
 UNATTRIBUTED = "unattributed"
 

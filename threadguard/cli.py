@@ -35,6 +35,23 @@ def _interval(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value}")
+    return value
+
+
+def _socket_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a socket number: {text!r}") from None
+
+
 def _fsroot(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
@@ -54,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="read machine facts from this dumped tree ($THREADGUARD_FSROOT)")
     topo.add_argument("--pid", type=_pid, help="the limits of this process (default: threadguard)")
 
+    run = sub.add_parser(
+        "run", help="start a command with a thread budget, CPU and memory placement",
+        description="Start CMD with the plan applied: thread variables, CPU affinity, memory "
+                    "binding, and Intel OpenMP preloaded when Intel and GNU OpenMP are both "
+                    "shipped. The exit status is CMD's.")
+    run.add_argument("--threads", type=_count, help="thread budget (default: planned)")
+    run.add_argument("--mode", choices=("throughput", "latency"), default="throughput")
+    run.add_argument("--socket", type=_socket_number, help="run on this socket (latency plan)")
+    run.add_argument("--pin", action="store_true", help="pin to the planned CPUs")
+    run.add_argument("--allow-oversubscription", action="store_true",
+                     help="no warning when --threads exceeds the effective CPUs")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the equivalent shell line (env + numactl) instead")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
     insp = sub.add_parser("inspect", help="threads, runtimes and pools of a process")
     insp.add_argument("--pid", type=_pid, help="the process to inspect (default: this one)")
     insp.add_argument("--interval", type=_interval, default=0.2,
@@ -69,7 +101,7 @@ def _version() -> str:
 
 def _cmd_topology(args) -> int:
     from .render.console import make_console, render_topology
-    from .topology import read_topology
+    from .machine import read_topology
 
     topo = read_topology(args.fsroot, pid=args.pid)
     if args.json:
@@ -92,7 +124,20 @@ def _cmd_inspect(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"topology": _cmd_topology, "inspect": _cmd_inspect}
+def _cmd_run(args) -> int:
+    from .launch import launch
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        print("threadguard: error: run needs a command: threadguard run [options] -- CMD ...",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return launch(cmd, threads=args.threads, mode=args.mode, socket=args.socket,
+                  pin=args.pin or None, dry_run=args.dry_run,
+                  allow_oversubscription=args.allow_oversubscription)
+
+
+COMMANDS = {"topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except ThreadguardError as err:
+    except (ThreadguardError, ValueError) as err:
         print(f"threadguard: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

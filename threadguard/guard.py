@@ -29,8 +29,8 @@ from . import _env
 from . import limiters as _limiters
 from . import numa as _numa
 from .libraries import linker_generation
-from .plan import THREAD_VARIABLES, Plan, check_count, check_mode, make_plan
-from .topology import Topology, read_topology
+from .planner import THREAD_VARIABLES, Plan, check_count, check_mode, make_plan
+from .machine import Topology, read_topology
 
 
 class OversubscriptionWarning(UserWarning):
@@ -139,7 +139,8 @@ class budget:
 
     def __init__(self, threads: int | None = None, *, mode: str = "throughput",
                  pin: bool | None = False, socket: int | None = None, env: bool = True,
-                 allow_oversubscription: bool = False, topology: Topology | None = None):
+                 allow_oversubscription: bool = False, topology: Topology | None = None,
+                 plan: Plan | None = None):
         if threads is not None:
             check_count(threads)
         self.requested = threads
@@ -149,10 +150,13 @@ class budget:
         self.env = env
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
-        self._plan: Plan | None = None
+        self._plan: Plan | None = plan
+        if plan is not None:  # an exact share (a worker's), applied as planned
+            self.requested = plan.threads
+            self._capacity = max((topology or _topology()).effective_cpus, plan.threads)
         if socket is not None:  # validate now: bad input fails at the call site
             make_plan(topology or _topology(), mode, socket=socket)
-        self._capacity = 0
+        self._capacity = self._capacity if plan is not None else 0
         self._want = 0
         self._grant = 0
         self._thread_grant = 0
@@ -257,7 +261,7 @@ class budget:
         def wrapper(*args, **kwargs):
             with budget(self.requested, mode=self.mode, pin=self.pin, socket=self.socket,
                         env=self.env, allow_oversubscription=self.allow_oversubscription,
-                        topology=self._topology):
+                        topology=self._topology, plan=self._plan):
                 return func(*args, **kwargs)
         return wrapper
 

@@ -13,12 +13,12 @@ import psutil
 
 from . import attribution as _attribution
 from ._errors import AccessDenied, NoSuchProcess
-from .census import take_census
+from .threads import take_census
 from .libraries import loaded_libraries
 from .pools import Pool, detect_pools
 from .report import Report, command_line
-from .runtimes import classify, loaded_runtimes, parse_ld_preload
-from .topology import read_topology
+from .runtime_libs import classify, loaded_runtimes, parse_ld_preload
+from .machine import read_topology
 
 IS_LINUX = sys.platform.startswith("linux")
 
@@ -133,7 +133,7 @@ def _inspect_portable(pid: int, interval: float) -> Report:
         raise NoSuchProcess(pid) from err
     except psutil.AccessDenied as err:
         raise AccessDenied(pid) from err
-    from .census import Census
+    from .threads import Census
     census = Census(pid=pid, interval=0.0, threads=(), threads_total=threads,
                     threads_active=None, peak_runnable=None, cpu_used=None,
                     run_delay_ratio=None, notes=())

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,9 +101,20 @@ def runtime_limiters() -> list[Limiter]:
     """Limiters for every BLAS and OpenMP runtime loaded now."""
     from threadpoolctl import ThreadpoolController
 
+    with warnings.catch_warnings():
+        # threadpoolctl warns when Intel and LLVM OpenMP are both loaded; that
+        # case is handled below and reported, and a warning here would break
+        # suites run with -W error.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        controllers = ThreadpoolController().lib_controllers
+    # In the dynamic linker's order: of two conflicting runtimes, the one
+    # loaded first is the one driven.
+    from .libraries import loaded_libraries
+    order = {os.path.realpath(lib.path): lib.index for lib in loaded_libraries().libraries}
+    controllers = sorted(controllers, key=lambda c: order.get(os.path.realpath(c.filepath), 1 << 30))
     out: list[Limiter] = []
     kmp_driven = None
-    for ctrl in ThreadpoolController().lib_controllers:
+    for ctrl in controllers:
         if ctrl.internal_api == "openmp":
             name = _openmp_name(ctrl)
             get = getattr(ctrl.dynlib, "omp_get_max_threads", None)

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 
 from .attribution import Attribution
-from .census import Census
+from .threads import Census
 from .pools import Pool
-from .runtimes import PreloadEntry, Runtime
-from .topology import Topology
+from .runtime_libs import PreloadEntry, Runtime
+from .machine import Topology
 
 SCHEMA = "threadguard.report/1"
 

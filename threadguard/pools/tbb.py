@@ -18,7 +18,7 @@ _MAX_ALLOWED_PARALLELISM = 0
 
 def _loaded_tbb() -> list[str]:
     from ..libraries import loaded_libraries
-    from ..runtimes import classify
+    from ..runtime_libs import classify
 
     return [lib.path for lib in loaded_libraries().libraries
             if (classify(lib.path) or ("", ""))[1] == "libtbb"]

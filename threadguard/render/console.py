@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .._fs import format_cpulist
 from ..report import Report
-from ..topology import Topology
+from ..machine import Topology
 
 
 def make_console(file=None, width: int | None = None) -> Console:

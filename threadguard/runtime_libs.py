@@ -109,3 +109,45 @@ def loaded_runtimes(pid: int | None = None,
             version = _tbb_version(lib.path)
         out.append(Runtime(kind, name, lib.path, version, lib.index))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class ShippedRuntime:
+    kind: str
+    name: str
+    path: str
+    distribution: str | None  # the installed package that ships it
+
+
+def shipped_runtimes() -> tuple[ShippedRuntime, ...]:
+    """Runtimes installed in this environment, found from the packages'
+    file lists (RECORD), without importing or loading anything."""
+    from importlib import metadata
+
+    found: dict[str, ShippedRuntime] = {}
+    for dist in metadata.distributions():
+        try:
+            files = dist.files or ()
+        except Exception:  # a broken RECORD must not stop the scan
+            continue
+        for f in files:
+            base = os.path.basename(str(f))
+            if ".so" not in base and not base.endswith((".dylib", ".dll")):
+                continue
+            kind_name = classify(base)
+            if kind_name is None:
+                continue
+            path = os.path.normpath(str(dist.locate_file(f)))
+            if os.path.exists(path) and path not in found:
+                name = dist.metadata.get("Name") if dist.metadata else None
+                found[path] = ShippedRuntime(kind_name[0], kind_name[1], path, name)
+    return tuple(sorted(found.values(), key=lambda r: (r.kind, r.name, r.path)))
+
+
+def intel_openmp_preload(shipped=None) -> str | None:
+    """The libiomp5 to preload when Intel and GNU OpenMP are both shipped:
+    Intel's runtime must be initialised first (it then serves GOMP_* too)."""
+    shipped = shipped_runtimes() if shipped is None else shipped
+    intel = [r for r in shipped if r.name == "libiomp5"]
+    gnu = [r for r in shipped if r.name == "libgomp"]
+    return intel[0].path if intel and gnu else None

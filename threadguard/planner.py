@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, replace
 
 from ._fs import format_cpulist
-from .topology import Core, Topology
+from .machine import Core, Topology
 
 MODES = ("throughput", "latency")
 

@@ -1,0 +1,288 @@
+"""budget() on real runtimes, each scenario in a fresh interpreter.
+
+Limits, environment and affinity are process-global, so every check runs in
+a child that loads real libraries (NumPy's OpenBLAS, scikit-learn's GNU
+OpenMP, Intel OpenMP, LLVM OpenMP) and reports what it saw.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import threadguard
+from procs import intel_libiomp5, llvm_libomp, python_child, sklearn_libgomp
+
+pytestmark = pytest.mark.live
+
+SNAPSHOT = """
+import os, subprocess, sys
+from threadpoolctl import threadpool_info
+def snapshot():
+    return {
+        "pools": sorted((i["internal_api"], i["prefix"], i["num_threads"]) for i in threadpool_info()),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+        "child_env": subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('OMP_NUM_THREADS'))"],
+                                    capture_output=True, text=True).stdout.strip(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+    }
+"""
+
+
+def test_budget_one_caps_every_pool_and_restores_everything():
+    gomp = sklearn_libgomp()
+    code = SNAPSHOT + f"""
+import numpy, ctypes, threadguard
+start_openmp({gomp!r}, 2)
+before = snapshot()
+with threadguard.budget(1) as b:
+    inside = snapshot()
+    applied = [(a.target, a.status) for a in b.report()]
+after = snapshot()
+report(before=before, inside=inside, after=after, applied=applied)
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
+                                 "MKL_NUM_THREADS": "3"}) as child:
+        f = child.facts
+    assert {p[0] for p in f["inside"]["pools"]} == {"openblas", "openmp"}
+    assert all(n == 1 for _, _, n in f["inside"]["pools"])
+    assert f["inside"]["env"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                                  "MKL_NUM_THREADS": "1"}
+    assert f["inside"]["child_env"] == "1"
+    assert f["after"] == f["before"]
+    assert f["before"]["env"]["MKL_NUM_THREADS"] == "3"
+    assert ("openblas", "applied") in [tuple(a) for a in f["applied"]]
+
+
+def test_restored_on_exceptions_and_as_a_decorator():
+    code = SNAPSHOT + """
+import numpy, threadguard
+before = snapshot()
+try:
+    with threadguard.budget(1):
+        raise RuntimeError("boom")
+except RuntimeError:
+    pass
+after_error = snapshot()
+
+@threadguard.budget(1)
+def work():
+    return snapshot()
+inside = work()
+report(before=before, after_error=after_error, inside=inside, after=snapshot())
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "2"}) as child:
+        f = child.facts
+    assert f["after_error"] == f["before"] == f["after"]
+    assert f["inside"]["pools"] == [["openblas", "libscipy_openblas", 1]] or all(
+        p[2] == 1 for p in f["inside"]["pools"])
+    assert f["inside"]["env"]["OMP_NUM_THREADS"] == "1"
+
+
+def test_nested_budget_never_exceeds_the_outer():
+    code = """
+import numpy, threadguard
+from threadpoolctl import threadpool_info
+with threadguard.budget(1, allow_oversubscription=True) as outer:
+    with threadguard.budget(2) as inner:
+        seen = [i["num_threads"] for i in threadpool_info()]
+        granted = inner.threads
+    back = [i["num_threads"] for i in threadpool_info()]
+report(seen=seen, granted=granted, back=back)
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "2"}) as child:
+        f = child.facts
+    assert f["granted"] == 1 and f["seen"] == [1] and f["back"] == [1]
+
+
+def test_ledger_shares_cpus_between_concurrent_sections(tmp_path):
+    # An 8-CPU machine (a built tree), two Python threads inside budgets.
+    from machine_tree import machine
+    root = machine(tmp_path, 8)
+    gomp = sklearn_libgomp()
+    code = f"""
+import threading, ctypes, numpy, threadguard
+gomp = start_openmp({gomp!r}, 2)
+topo = threadguard.topology(fsroot={str(root)!r})
+from threadpoolctl import threadpool_info
+blas = lambda: [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"][0]
+a_in, b_in, a_measured, b_out = (threading.Event() for _ in range(4))
+facts = {{"original": blas()}}
+def section_a():
+    with threadguard.budget(topology=topo, allow_oversubscription=True) as a:
+        facts["a_alone"] = (a.threads, blas(), gomp.omp_get_max_threads())
+        a_in.set(); b_in.wait()
+        facts["a_with_b"] = (a.threads, blas(), gomp.omp_get_max_threads())
+        a_measured.set(); b_out.wait()
+        facts["a_after_b"] = blas()
+def section_b():
+    a_in.wait()
+    with threadguard.budget(topology=topo) as b:
+        facts["b"] = (b.threads, b.thread_limit, blas(), gomp.omp_get_max_threads())
+        b_in.set(); a_measured.wait()
+    b_out.set()
+ta, tb = threading.Thread(target=section_a), threading.Thread(target=section_b)
+ta.start(); tb.start(); ta.join(); tb.join()
+facts["after"] = blas()
+report(**facts)
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "8"}) as child:
+        f = child.facts
+    assert f["a_alone"] == [8, 8, 8]
+    # B enters: each section's share is 8 // 2; OpenBLAS (one value per process)
+    # drops to 4 at once; A's OpenMP limit is A's thread's own: B takes what is left.
+    assert f["b"][0] == 4 and f["b"][2] == 4
+    assert f["b"][1] + 8 <= 8 + 1  # never above the CPUs but for B's own thread
+    assert f["a_with_b"][1] == 4
+    assert f["a_after_b"] == 8  # B left: A's process-wide share grows back
+    assert f["after"] == f["original"]  # put back as it was
+
+
+def test_library_loaded_after_the_first_entry_is_capped():
+    gomp = sklearn_libgomp()
+    code = f"""
+import numpy, ctypes, threadguard
+with threadguard.budget(1):
+    pass
+lib = start_openmp({gomp!r}, 2)  # the dynamic linker's list changes here
+with threadguard.budget(1) as b:
+    inside = lib.omp_get_max_threads()
+    names = [a.target for a in b.report()]
+report(inside=inside, after=lib.omp_get_max_threads(), names=names)
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": "2"}) as child:
+        f = child.facts
+    assert f["inside"] == 1 and f["after"] == 2
+    assert "libgomp" in f["names"]
+
+
+def test_intel_and_llvm_openmp_together_only_one_is_driven():
+    iomp, omp = intel_libiomp5(), llvm_libomp()
+    code = f"""
+import ctypes, threadguard
+ctypes.CDLL({iomp!r}); ctypes.CDLL({omp!r})
+with threadguard.budget(1) as b:
+    rows = [(a.target, a.status, a.note) for a in b.report() if a.target in ("libiomp5", "libomp")]
+report(rows=rows)
+"""
+    with python_child(code) as child:
+        rows = {r[0]: r for r in child.facts["rows"]}
+    assert rows["libiomp5"][1] == "applied"
+    assert rows["libomp"][1] == "skipped" and "abort" in rows["libomp"][2]
+
+
+def test_a_library_refusing_a_limit_is_reported_not_fatal():
+    code = """
+import numpy, threadguard
+with threadguard.budget(100000, allow_oversubscription=True) as b:
+    rows = [(a.target, a.status, a.after) for a in b.report() if a.target == "openblas"]
+report(rows=rows)
+"""
+    with python_child(code) as child:
+        (row,) = child.facts["rows"]
+    assert row[1] == "refused" and row[2] < 100000  # OpenBLAS caps at its build's maximum
+
+
+def test_pin_restricts_every_thread_and_restores(tmp_path):
+    code = """
+import os, threading, time, threadguard
+stop = threading.Event()
+worker = threading.Thread(target=stop.wait); worker.start()
+before = sorted(os.sched_getaffinity(worker.native_id))
+with threadguard.budget(1, pin=True) as b:
+    inside = sorted(os.sched_getaffinity(worker.native_id)), sorted(os.sched_getaffinity(0))
+    cpus = list(b.plan.cpus)
+after = sorted(os.sched_getaffinity(worker.native_id)), sorted(os.sched_getaffinity(0))
+stop.set()
+report(before=before, inside=inside, cpus=cpus, after=after)
+"""
+    with python_child(code) as child:
+        f = child.facts
+    assert len(f["cpus"]) == 1
+    assert f["inside"] == [f["cpus"], f["cpus"]]
+    assert f["after"] == [f["before"], f["before"]]
+
+
+def test_memory_policy_bind_and_restore():
+    code = """
+from threadguard import numa
+before = numa.get_mempolicy()
+applied = []
+saved = numa.pin(sorted(__import__("os").sched_getaffinity(0)), (0,), applied)
+inside = numa.get_mempolicy()
+numa.unpin(saved)
+report(before=before, inside=inside, after=numa.get_mempolicy(), applied=[a[4] for a in applied])
+"""
+    with python_child(code) as child:
+        f = child.facts
+    if f["before"] is None:
+        pytest.skip("get_mempolicy not supported on this machine")
+    assert f["inside"] == [2, [0]]  # MPOL_BIND to node 0
+    assert f["after"] == f["before"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_bad_thread_counts_raise_value_error(bad):
+    with pytest.raises(ValueError, match=repr(bad) if not isinstance(bad, int) or isinstance(bad, bool) else str(bad)):
+        threadguard.budget(bad)
+
+
+def test_unknown_mode_and_socket():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        threadguard.budget(mode="fast")
+    with pytest.raises(ValueError, match="socket must be one of"):
+        threadguard.budget(socket=99)
+
+
+def test_more_threads_than_cpus_warns_unless_allowed():
+    too_many = threadguard.topology().effective_cpus + 3
+    with pytest.warns(threadguard.OversubscriptionWarning, match="effective CPUs"):
+        with threadguard.budget(too_many):
+            pass
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with threadguard.budget(too_many, allow_oversubscription=True) as b:
+            assert b.threads == too_many
+
+
+WORKERS = """
+import os, concurrent.futures as cf, multiprocessing as mp, threadguard
+def probe(_):
+    import time
+    from threadpoolctl import threadpool_info
+    import numpy
+    time.sleep(0.2)
+    return (os.getpid(), tuple(sorted(os.sched_getaffinity(0))), os.environ.get("OMP_NUM_THREADS"),
+            tuple(i["num_threads"] for i in threadpool_info()))
+if __name__ == "__main__":
+    wb = threadguard.worker_budget(2, disjoint=True)
+    with cf.ProcessPoolExecutor(2, initializer=wb.initializer, initargs=wb.initargs) as ex:
+        futures = sorted(set(ex.map(probe, range(6))))
+    wb2 = threadguard.worker_budget(2)
+    with mp.get_context("spawn").Pool(2, initializer=wb2.initializer, initargs=wb2.initargs) as pool:
+        spawned = sorted(set(pool.map(probe, range(6))))
+    print(repr((wb.threads, futures, spawned)))
+"""
+
+
+def test_worker_budget_in_process_pools(tmp_path):
+    script = tmp_path / "workers.py"
+    script.write_text(WORKERS)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=dict(os.environ, CI="true", PYTHONPATH=os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__)))), timeout=120)
+    assert out.returncode == 0, out.stderr
+    threads, futures, spawned = eval(out.stdout)
+    cpus = threadguard.topology().effective_cpus
+    assert threads == max(1, cpus // 2)
+    for results in (futures, spawned):
+        pids = {r[0] for r in results}
+        assert len(pids) == 2
+        assert all(r[2] == str(threads) and all(n == threads for n in r[3]) for r in results)
+    if cpus >= 2:  # disjoint: each worker on its own CPUs
+        sets = [set(r[1]) for r in {r[0]: r for r in futures}.values()]
+        assert not (sets[0] & sets[1])
