@@ -56,10 +56,12 @@ def launch(cmd: list[str], *, dry_run: bool = False, **options) -> int:
     if dry_run:
         print(shell_line(cmd, plan, env))
         return 0
-    if plan.pin:
+    if os.environ.get("THREADGUARD_FSROOT", "/") not in ("", "/") and (plan.pin or plan.memory_nodes):
+        warn("machine facts come from THREADGUARD_FSROOT, not this machine: nothing pinned")
+    elif plan.pin:
         os.sched_setaffinity(0, plan.cpus)
-    if plan.memory_nodes:
-        numa.set_mempolicy(numa.MPOL_BIND, plan.memory_nodes)
+        if plan.memory_nodes:
+            numa.set_mempolicy(numa.MPOL_BIND, plan.memory_nodes)
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -1,0 +1,93 @@
+"""threadguard run: a real command started with the plan applied."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import threadguard
+from threadguard.launch import prepare, shell_line
+from threadguard.runtime_libs import ShippedRuntime, intel_openmp_preload
+
+ROOT = Path(__file__).parents[1]
+PROBE = ("import json, os; print(json.dumps({'omp': os.environ.get('OMP_NUM_THREADS'), "
+         "'blas': os.environ.get('OPENBLAS_NUM_THREADS'), 'cpus': sorted(os.sched_getaffinity(0)), "
+         "'preload': os.environ.get('LD_PRELOAD')}))")
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "threadguard", "run", *args], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), **kw)
+
+
+def test_command_gets_variables_and_pinning():
+    out = run("--threads", "1", "--pin", "--", sys.executable, "-c", PROBE)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["omp"] == "1" and seen["blas"] == "1"
+    assert len(seen["cpus"]) == 1 and seen["cpus"][0] in os.sched_getaffinity(0)
+
+
+def test_exit_status_is_the_commands():
+    assert run("--", sys.executable, "-c", "raise SystemExit(7)").returncode == 7
+
+
+def test_missing_command_is_one_line_127():
+    out = run("--", "threadguard-no-such-command")
+    assert out.returncode == 127
+    assert len(out.stderr.strip().splitlines()) == 1 and "cannot run" in out.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--threads", "0", "--", "true"],
+                                  ["--socket", "99", "--", "true"], ["--mode", "fast", "--", "true"]])
+def test_bad_input_exits_2(args):
+    out = run(*args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_dry_run_prints_the_equivalent_shell_line():
+    out = run("--dry-run", "--threads", "1", "--", "python", "-c", "print('a b')")
+    assert out.returncode == 0
+    line = out.stdout.strip()
+    assert "OMP_NUM_THREADS=1" in line and line.endswith("python -c 'print('\"'\"'a b'\"'\"')'")
+
+
+def test_oversubscription_warns():
+    cpus = threadguard.topology().effective_cpus
+    out = run("--threads", str(cpus + 2), "--", sys.executable, "-c", "pass")
+    assert out.returncode == 0 and "oversubscribed" in out.stderr
+
+
+def test_intel_openmp_preloaded_only_when_gnu_openmp_is_shipped_too():
+    gnu = ShippedRuntime("openmp", "libgomp", "/x/libgomp.so.1", "scikit-learn")
+    intel = ShippedRuntime("openmp", "libiomp5", "/y/libiomp5.so", "intel-openmp")
+    assert intel_openmp_preload([gnu, intel]) == "/y/libiomp5.so"
+    assert intel_openmp_preload([gnu]) is None and intel_openmp_preload([intel]) is None
+
+
+def test_this_environment_preloads_its_real_intel_runtime():
+    from procs import intel_libiomp5, sklearn_libgomp
+    intel, _ = intel_libiomp5(), sklearn_libgomp()
+    plan, env = prepare(["true"], environ={"LD_PRELOAD": "/opt/other.so"})
+    assert env["LD_PRELOAD"].split()[0] == os.path.realpath(intel) or \
+        os.path.realpath(env["LD_PRELOAD"].split()[0]) == os.path.realpath(intel)
+    assert env["LD_PRELOAD"].endswith("/opt/other.so")
+    line = shell_line(["true"], plan, env, base={})
+    assert "LD_PRELOAD=" in line
+
+
+def test_latency_dry_run_on_a_two_socket_machine(tmp_path):
+    from machine_tree import multi_socket
+    root = multi_socket(tmp_path, 2, 28, smt=2)
+    out = subprocess.run([sys.executable, "-m", "threadguard", "run", "--dry-run", "--mode",
+                          "latency", "--", "benchmark_app", "-m", "model.xml"],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT), THREADGUARD_FSROOT=str(root)))
+    assert out.returncode == 0, out.stderr
+    assert "numactl -m 0 --physcpubind 0-27 benchmark_app -m model.xml" in out.stdout
+    assert "OMP_NUM_THREADS=28" in out.stdout
