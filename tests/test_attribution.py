@@ -106,3 +106,26 @@ report(tid=t.native_id)
         report = threadguard.inspect(child.pid, interval=0.05)
     owner = report.attribution.owners[child.facts["tid"]]
     assert owner.pool == "python" and owner.python_name == "seen-by-py-spy"
+
+
+def test_torch_openmp_workers_and_interop_pool():
+    pytest.importorskip("torch")
+    code = """
+before = tids()
+import torch
+torch.set_num_threads(2)
+x = torch.ones(400, 400)
+for _ in range(5):
+    x @ x
+fut = torch.jit._fork(torch.mm, x, x)  # runs on the inter-op pool
+torch.jit._wait(fut)
+report(new=new_tids(before))
+"""
+    with python_child(code) as child:
+        owners = attribute_threads(child.pid).owners
+    new = [owners[t] for t in child.facts["new"] if t in owners]
+    pools = {o.pool for o in new}
+    assert {"openmp:libgomp", "torch"} <= pools, pools  # torch's OpenMP workers, its inter-op pool
+    gomp = {o.library for o in new if o.pool == "openmp:libgomp"}
+    assert all("/torch" in path for path in gomp)  # torch's own vendored libgomp
+    assert pools <= {"openmp:libgomp", "torch", "openblas", "other"}, pools

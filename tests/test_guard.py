@@ -286,3 +286,20 @@ def test_worker_budget_in_process_pools(tmp_path):
     if cpus >= 2:  # disjoint: each worker on its own CPUs
         sets = [set(r[1]) for r in {r[0]: r for r in futures}.values()]
         assert not (sets[0] & sets[1])
+
+
+def test_torch_pools_capped_and_restored():
+    pytest.importorskip("torch")
+    code = """
+import torch, threadguard
+before = (torch.get_num_threads(), torch.get_num_interop_threads())
+torch.ones(200, 200) @ torch.ones(200, 200)
+with threadguard.budget(1) as b:
+    inside = torch.get_num_threads()
+    status = [a.status for a in b.report() if a.target == "torch"]
+report(before=before, inside=inside, after=torch.get_num_threads(), status=status)
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": "2"}) as child:
+        f = child.facts
+    assert f["inside"] == 1 and f["status"] == ["applied"]
+    assert f["after"] == f["before"][0]
