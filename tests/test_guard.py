@@ -303,3 +303,21 @@ report(before=before, inside=inside, after=torch.get_num_threads(), status=statu
         f = child.facts
     assert f["inside"] == 1 and f["status"] == ["applied"]
     assert f["after"] == f["before"][0]
+
+
+def test_tbb_and_openmp_together_make_children_wait_passively():
+    pytest.importorskip("openvino")
+    gomp = sklearn_libgomp()
+    code = f"""
+import os, threadguard
+start_openmp({gomp!r}, 2)
+compiled, request = openvino_request(32)  # loads OpenVINO's TBB
+with threadguard.budget(1) as b:
+    inside = os.environ.get("OMP_WAIT_POLICY")
+    noted = [a.note for a in b.report() if a.target == "OMP_WAIT_POLICY"]
+report(inside=inside, after=os.environ.get("OMP_WAIT_POLICY"), noted=noted)
+"""
+    with python_child(code) as child:
+        f = child.facts
+    assert f["inside"] == "PASSIVE" and f["after"] is None
+    assert f["noted"] and "TBB" in f["noted"][0]

@@ -51,19 +51,21 @@ def encode(text: str):
     return os.fsencode(text) if _fast else text
 
 
-def set_all(variables: tuple[Variable, ...], value) -> tuple:
-    """Set every variable to one stored value; return what they held before."""
+def set_all(variables: tuple[Variable, ...], value, only_if_set: bool = False) -> tuple:
+    """Set the variables to one stored value (with ``only_if_set``, just those
+    already present); return what they held before."""
     if not _fast:
         before = tuple(v.get_raw() for v in variables)
-        for v in variables:
-            v.set_raw(value)
+        for v, old in zip(variables, before):
+            if old is not None or not only_if_set:
+                v.set_raw(value)
         return before
     data, putenv = _data, os.putenv
     before = []
     for v in variables:
         current = data.get(v.key)
         before.append(current)
-        if current != value:
+        if current != value and (current is not None or not only_if_set):
             putenv(v.key, value)
             data[v.key] = value
     return tuple(before)

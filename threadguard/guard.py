@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from . import _env
 from . import limiters as _limiters
 from . import numa as _numa
-from .libraries import linker_generation
-from .planner import THREAD_VARIABLES, Plan, check_count, check_mode, make_plan
+from .libraries import linker_generation, loaded_libraries
+from .planner import FALLS_BACK_TO_OMP, Plan, check_count, check_mode, make_plan
 from .machine import Topology, read_topology
+from .runtime_libs import classify
 
 
 class OversubscriptionWarning(UserWarning):
@@ -60,6 +61,7 @@ class _Registry:
         self.runtime: list = []
         self.modules: list = []
         self.split: tuple[tuple, tuple] = ((), ())
+        self.tbb_with_openmp = False
 
     def current(self) -> tuple[tuple, tuple]:
         """``(process-scope limiters, thread-scope limiters)``."""
@@ -69,6 +71,9 @@ class _Registry:
         if generation != self.generation or key != self.modules_key:
             if generation != self.generation:
                 self.runtime = _limiters.runtime_limiters()
+                kinds = {k for k, _ in filter(None, (classify(lib.path) for lib in
+                                                     loaded_libraries().libraries))}
+                self.tbb_with_openmp = {"tbb", "openmp"} <= kinds
             if key != self.modules_key:
                 self.modules = _limiters.module_limiters()
             self.generation, self.modules_key = generation, key
@@ -81,7 +86,25 @@ class _Registry:
 _registry = _Registry()
 _topology_cache: dict = {}
 _plan_cache: dict = {}
-_ENV = tuple(_env.Variable(name) for name in THREAD_VARIABLES)
+def _always_set() -> tuple[str, ...]:
+    """Variables set on every entry: OMP_NUM_THREADS, which the BLAS libraries
+    read when their own is unset, and those with no such fallback."""
+    import importlib.util
+    names = ["OMP_NUM_THREADS"]
+    if importlib.util.find_spec("numba") is not None:
+        names.append("NUMBA_NUM_THREADS")
+    if sys.platform == "darwin":
+        names.append("VECLIB_MAXIMUM_THREADS")
+    return tuple(names)
+
+
+_ENV_NAMES = _always_set()
+_ENV = tuple(_env.Variable(name) for name in _ENV_NAMES)
+# Set only when present: an exported OPENBLAS_NUM_THREADS=8 would beat OMP_NUM_THREADS.
+_ENV_IF_SET = tuple(_env.Variable(name) for name in FALLS_BACK_TO_OMP)
+# TBB and OpenMP pools in one process: OpenMP workers that spin while TBB runs
+# steal its cores (OpenVINO's guide). Runtimes read this at start: children.
+_WAIT_POLICY = _env.Variable("OMP_WAIT_POLICY")
 
 
 @functools.lru_cache(maxsize=256)
@@ -288,18 +311,34 @@ class budget:
                     applied.append((lim.name, lim.scope, saved[lim], after, "refused", lim.path,
                                     f"reads back {after}"))
         if self.env:
-            before = _env.set_all(_ENV, _encoded(value))
+            raw = _encoded(value)
+            before = _env.set_all(_ENV, raw)
+            before_if_set = _env.set_all(_ENV_IF_SET, raw, only_if_set=True)
             if "env" not in saved:
                 saved["env"] = before
+                saved["env_if_set"] = before_if_set
             if applied is not None:
+                names = _ENV_NAMES + tuple(v.name for v, old in zip(_ENV_IF_SET,
+                                                                    saved["env_if_set"]) if old)
                 applied.append(("environment", _limiters.PROCESS, _env_report(saved["env"]),
-                                str(value), "applied", None, " ".join(THREAD_VARIABLES)))
+                                str(value), "applied", None, " ".join(names)))
+            if _registry.tbb_with_openmp and "wait" not in saved and _WAIT_POLICY.get_raw() is None:
+                saved["wait"] = None
+                _WAIT_POLICY.set_raw(_env.encode("PASSIVE"))
+                if applied is not None:
+                    applied.append(("OMP_WAIT_POLICY", _limiters.PROCESS, None, "PASSIVE",
+                                    "applied", None, "TBB and OpenMP both loaded: OpenMP "
+                                    "runtimes started from here wait passively"))
 
     def _restore_process_scope(self) -> None:
         saved = _ledger.saved or {}
         for key, before in saved.items():
             if key == "env":
                 _env.restore_all(_ENV, before)
+            elif key == "env_if_set":
+                _env.restore_all(_ENV_IF_SET, before)
+            elif key == "wait":
+                _WAIT_POLICY.set_raw(None)
             elif before is not None:
                 try:
                     key.set(before)

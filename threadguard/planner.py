@@ -84,6 +84,12 @@ THREAD_VARIABLES = (
 ) + (("VECLIB_MAXIMUM_THREADS",) if sys.platform == "darwin" else ())  # Accelerate
 
 
+# Every library above falls back to OMP_NUM_THREADS when its own variable is
+# unset (OpenBLAS via GOTO_NUM_THREADS first), except numba and Accelerate.
+FALLS_BACK_TO_OMP = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
+                     "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 def thread_env(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
