@@ -321,3 +321,29 @@ report(inside=inside, after=os.environ.get("OMP_WAIT_POLICY"), noted=noted)
         f = child.facts
     assert f["inside"] == "PASSIVE" and f["after"] is None
     assert f["noted"] and "TBB" in f["noted"][0]
+
+
+def test_opencv_and_numba_pools_capped_and_restored():
+    pytest.importorskip("cv2")
+    pytest.importorskip("numba")
+    code = """
+import cv2, numba, numpy as np, threadguard
+@numba.njit(parallel=True)
+def total(a):
+    s = 0.0
+    for i in numba.prange(a.shape[0]):
+        s += a[i]
+    return s
+total(np.ones(1000))  # starts numba's threading layer
+before = (cv2.getNumThreads(), numba.get_num_threads())
+with threadguard.budget(1) as b:
+    inside = (cv2.getNumThreads(), numba.get_num_threads())
+    rows = sorted((a.target, a.scope, a.status) for a in b.report() if a.target in ("opencv", "numba"))
+    total(np.ones(1000))
+report(before=before, inside=inside, after=(cv2.getNumThreads(), numba.get_num_threads()), rows=rows)
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}) as child:
+        f = child.facts
+    assert f["inside"] == [1, 1]
+    assert f["after"] == f["before"]
+    assert f["rows"] == [["numba", "thread", "applied"], ["opencv", "process", "applied"]]

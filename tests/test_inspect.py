@@ -201,3 +201,20 @@ def test_other_platforms_get_what_psutil_and_threadpoolctl_know(monkeypatch, cap
     assert any("only on Linux" in n for n in data["notes"])
     assert cli.main(["inspect", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["schema"] == "threadguard.report/1"
+
+
+@pytest.mark.live
+def test_pools_of_imported_libraries_are_reported():
+    pytest.importorskip("cv2")
+    pytest.importorskip("numba")
+    code = """
+import cv2, numba, threadguard
+cv2.setNumThreads(2)
+r = threadguard.inspect(interval=0.01)
+report(pools={p.library: [p.num_threads, p.source, list(p.notes)] for p in r.pools})
+"""
+    with python_child(code, env={"NUMBA_NUM_THREADS": "2"}) as child:
+        pools = child.facts["pools"]
+    assert pools["opencv"][0] == 2
+    # numba's layer has not started: its configured size is reported, not started
+    assert pools["numba"][0] == 2 and "not started" in " ".join(pools["numba"][2])
