@@ -218,3 +218,12 @@ report(pools={p.library: [p.num_threads, p.source, list(p.notes)] for p in r.poo
     assert pools["opencv"][0] == 2
     # numba's layer has not started: its configured size is reported, not started
     assert pools["numba"][0] == 2 and "not started" in " ".join(pools["numba"][2])
+
+
+def test_importing_threadguard_loads_and_changes_nothing():
+    code = ("import os, sys; before = dict(os.environ); import threadguard; "
+            "heavy = [m for m in ('numpy', 'openvino', 'torch', 'threadpoolctl', 'rich') if m in sys.modules]; "
+            "print(heavy, dict(os.environ) == before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.stdout.strip() == "[] True", out.stderr

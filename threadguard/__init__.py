@@ -20,3 +20,12 @@ __all__ = [
     "ThreadguardError", "NoSuchProcess", "AccessDenied", "ZombieProcess",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # threadguard.openvino is imported on first use: importing threadguard
+    # never imports OpenVINO.
+    if name == "openvino":
+        import importlib
+        return importlib.import_module(".openvino", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,6 +52,16 @@ def _socket_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a socket number: {text!r}") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"seconds must be above 0 and at most 3600: {text!r}")
+    return value
+
+
 def _fsroot(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
@@ -85,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the equivalent shell line (env + numactl) instead")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    bench = sub.add_parser(
+        "bench-openvino", help="OpenVINO's defaults vs the threadguard plan, side by side",
+        description="A benchmark_app-like run: latency percentiles and FPS with OpenVINO's "
+                    "defaults and with the threadguard plan, beside an optional competing load.")
+    bench.add_argument("model", help="an IR (.xml) or ONNX file, or 'demo' (a conv net built in code)")
+    bench.add_argument("--mode", choices=("latency", "throughput"), default="latency")
+    bench.add_argument("--load", choices=("numpy", "openmp", "none"), default="numpy")
+    bench.add_argument("--seconds", type=_seconds, default=10.0, help="per run (default 10)")
 
     insp = sub.add_parser("inspect", help="threads, runtimes and pools of a process")
     insp.add_argument("--pid", type=_pid, help="the process to inspect (default: this one)")
@@ -137,7 +156,33 @@ def _cmd_run(args) -> int:
                   allow_oversubscription=args.allow_oversubscription)
 
 
-COMMANDS = {"topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run}
+def _cmd_bench_openvino(args) -> int:
+    try:
+        from . import bench_openvino
+        from .openvino import _ov
+        _ov()
+    except ImportError as err:
+        print(f"threadguard: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    from .render.console import make_console
+
+    console = make_console()
+    try:
+        results = bench_openvino.compare(args.model, args.mode, args.load, args.seconds, console)
+    except FileNotFoundError as err:
+        print(f"threadguard: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as err:  # OpenVINO's own errors: keep its first line
+        first = next((line for line in str(err).splitlines() if line.strip()
+                      and not line.startswith("Exception from")), str(err))
+        print(f"threadguard: error: OpenVINO: {first.strip()}", file=sys.stderr)
+        return EXIT_USAGE
+    bench_openvino.render(results, args.mode, args.load, console)
+    return EXIT_OK
+
+
+COMMANDS = {"topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run,
+            "bench-openvino": _cmd_bench_openvino}
 
 
 def main(argv: list[str] | None = None) -> int:
