@@ -1,31 +1,50 @@
 """threadguard: find, explain and prevent thread oversubscription.
 
-The public API, nothing else: every name here is documented in README.md.
+The public API, nothing else. Names are imported on first use, so
+``import threadguard`` (and every command) loads only what it needs, and
+never imports NumPy, OpenVINO or torch.
 """
 
 from ._errors import AccessDenied, NoSuchProcess, ThreadguardError, ZombieProcess
-from .threads import Census, take_census as census
-from .guard import Applied, OversubscriptionWarning, budget, current_budget
-from .inspection import inspect
-from .report import Report
-from .runtime_libs import loaded_runtimes as runtimes
-from .planner import Plan, make_plan as plan
-from .machine import Topology, read_topology as topology
-from .workers import WorkerBudget, worker_budget
 
-__all__ = [
-    "topology", "census", "inspect", "runtimes", "plan", "budget", "current_budget",
-    "worker_budget", "WorkerBudget",
-    "Topology", "Census", "Report", "Plan", "Applied", "OversubscriptionWarning",
-    "ThreadguardError", "NoSuchProcess", "AccessDenied", "ZombieProcess",
-]
 __version__ = "0.1.0"
+
+# public name -> (module, attribute in it; None for the module itself)
+_LAZY = {
+    "topology": ("machine", "read_topology"),
+    "Topology": ("machine", "Topology"),
+    "census": ("threads", "take_census"),
+    "Census": ("threads", "Census"),
+    "runtimes": ("runtime_libs", "loaded_runtimes"),
+    "inspect": ("inspection", "inspect"),
+    "Report": ("report", "Report"),
+    "plan": ("planner", "make_plan"),
+    "Plan": ("planner", "Plan"),
+    "budget": ("guard", "budget"),
+    "current_budget": ("guard", "current_budget"),
+    "Applied": ("guard", "Applied"),
+    "OversubscriptionWarning": ("guard", "OversubscriptionWarning"),
+    "worker_budget": ("workers", "worker_budget"),
+    "WorkerBudget": ("workers", "WorkerBudget"),
+    "diagnose": ("doctor", "diagnose"),
+    "openvino": ("openvino", None),
+}
+
+__all__ = sorted(_LAZY) + ["ThreadguardError", "NoSuchProcess", "AccessDenied", "ZombieProcess"]
 
 
 def __getattr__(name):
-    # threadguard.openvino is imported on first use: importing threadguard
-    # never imports OpenVINO.
-    if name == "openvino":
-        import importlib
-        return importlib.import_module(".openvino", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    import importlib
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    if attribute is not None:
+        globals()[name] = value  # next time: a plain attribute lookup
+    return value
+
+
+def __dir__():
+    return __all__

@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"threadguard {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    doc = sub.add_parser(
+        "doctor", help="find threading problems and print the exact fix",
+        description="Checks this environment (variables, installed runtimes, CPU limits); "
+                    "with --import, --pid or -- CMD also a live process.")
+    what = doc.add_mutually_exclusive_group()
+    what.add_argument("--import", dest="imports", metavar="MODULES",
+                      help="comma-separated modules (or shared-library paths) to load in a "
+                           "child process and inspect, in that order")
+    what.add_argument("--pid", type=_pid, help="inspect this running process")
+    doc.add_argument("--json", action="store_true", help="print the JSON report with findings")
+    doc.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
+                     help="exit 1 when a finding reaches this severity (default: error)")
+    doc.add_argument("--interval", type=_interval, default=0.5,
+                     help="seconds to measure a live process over (default 0.5)")
+    doc.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                     help="run a command and sample it while it runs")
+
     topo = sub.add_parser("topology", help="the machine: sockets, NUMA, cores, limits")
     topo.add_argument("--json", action="store_true", help="print JSON")
     topo.add_argument("--fsroot", type=_fsroot,
@@ -181,7 +198,51 @@ def _cmd_bench_openvino(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run,
+def _cmd_doctor(args) -> int:
+    from .doctor import RANK, doctor
+    from .render.findings import render_findings
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if cmd and (args.imports or args.pid):
+        print("threadguard: error: give one target: --import, --pid or -- CMD", file=sys.stderr)
+        return EXIT_USAGE
+    if args.imports is not None:
+        entries = [e.strip() for e in args.imports.split(",") if e.strip()]
+        if not entries:
+            print("threadguard: error: --import needs at least one module", file=sys.stderr)
+            return EXIT_USAGE
+        target, value, label = "import", entries, f"after importing {', '.join(entries)}"
+    elif args.pid is not None:
+        target, value, label = "pid", args.pid, f"process {args.pid}"
+    elif cmd:
+        target, value, label = "command", cmd, "command: " + " ".join(cmd)
+    else:
+        target, value, label = "environment", None, "this environment"
+    try:
+        report, extra = doctor(target, value=value, interval=args.interval)
+    except ImportError as err:
+        print(f"threadguard: error: cannot import in the child process: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as err:
+        print(f"threadguard: error: cannot run {cmd[0]!r}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        import json
+        data = report.to_dict()
+        data.update(extra)
+        print(json.dumps(data, indent=2))
+    else:
+        notes = list(report.notes)
+        if "command_status" in extra:
+            notes.append(f"the command exited with status {extra['command_status']}")
+        render_findings(report.findings, target=label, notes=notes)
+    if args.fail_on == "never":
+        return EXIT_OK
+    floor = RANK[args.fail_on]
+    return EXIT_FINDINGS if any(RANK[f.severity] >= floor for f in report.findings) else EXIT_OK
+
+
+COMMANDS = {"doctor": _cmd_doctor, "topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run,
             "bench-openvino": _cmd_bench_openvino}
 
 

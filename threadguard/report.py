@@ -13,12 +13,14 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .attribution import Attribution
-from .threads import Census
-from .pools import Pool
-from .runtime_libs import PreloadEntry, Runtime
-from .machine import Topology
+if TYPE_CHECKING:  # the report only holds these; importing it loads none of them
+    from .attribution import Attribution
+    from .machine import Topology
+    from .pools import Pool
+    from .runtime_libs import PreloadEntry, Runtime
+    from .threads import Census
 
 SCHEMA = "threadguard.report/1"
 
@@ -26,13 +28,13 @@ SCHEMA = "threadguard.report/1"
 @dataclass(frozen=True)
 class Report:
     pid: int
-    topology: Topology | None
-    census: Census | None
-    attribution: Attribution | None
-    runtimes: tuple[Runtime, ...]
+    topology: "Topology | None"
+    census: "Census | None"
+    attribution: "Attribution | None"
+    runtimes: "tuple[Runtime, ...]"
     runtimes_order_source: str | None
-    ld_preload: tuple[PreloadEntry, ...] | None
-    pools: tuple[Pool, ...]
+    ld_preload: "tuple[PreloadEntry, ...] | None"
+    pools: "tuple[Pool, ...]"
     findings: tuple = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     command: str | None = None

@@ -1,0 +1,91 @@
+"""``threadguard doctor``: find every threading problem, explain it, print the fix.
+
+One module per family of checks (``variables``, ``runtimes``, ``capacity``,
+``messages``); each returns findings (``findings.Finding``) with a stable
+code from ``findings.CATALOG``. ``diagnose`` runs the families on the facts
+a target gave; ``targets`` gathers those facts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+
+from ..machine import read_topology
+from ..report import Report
+from . import capacity, messages, runtimes, variables
+from .findings import CATALOG, RANK, SEVERITIES, Finding, worst  # noqa: F401
+
+
+def _openvino_version() -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def diagnose(*, environ=None, topology=None, report=None, shipped=None, stderr: str = "",
+             gomp_provider: str | None = None, host_cpus: int | None = None) -> list[Finding]:
+    """Every check that the given facts allow, most important first."""
+    from ..runtime_libs import shipped_runtimes
+
+    environ = dict(os.environ if environ is None else environ)
+    topology = topology or (report.topology if report is not None else None) or read_topology()
+    if host_cpus is None and topology.fsroot == "/":
+        host_cpus = os.cpu_count()
+    shipped = shipped_runtimes() if shipped is None else shipped
+    found: list[Finding] = []
+    found += variables.check(environ, topology.effective_cpus)
+    found += runtimes.check_shipped(shipped, environ, _openvino_version())
+    found += capacity.check_machine(topology, environ, host_cpus)
+    if report is not None:
+        found += runtimes.check_loaded(report.runtimes, environ, gomp_provider)
+        found += runtimes.check_mixed_pools(report)
+        found += capacity.check_process(report)
+    if stderr:
+        found += messages.classify(stderr)
+    # A loaded-runtime error supersedes the same conflict predicted from packages.
+    codes = {f.code for f in found}
+    if {"TG101", "TG102"} & codes:
+        found = [f for f in found if f.code != "TG104"]
+    unique, seen = [], set()
+    for f in found:
+        key = (f.code, f.title)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return sorted(unique, key=lambda f: (-RANK[f.severity], f.code))
+
+
+def doctor(target: str = "environment", *, value=None, interval: float = 0.5) -> tuple[Report, dict]:
+    """Gather facts for a target and diagnose them: (report with findings, extra)."""
+    from . import targets
+
+    extra: dict = {"target": {"kind": target, "value": value}}
+    if target == "environment":
+        topo = read_topology()
+        report = Report(pid=os.getpid(), topology=topo, census=None, attribution=None,
+                        runtimes=(), runtimes_order_source=None, ld_preload=None, pools=())
+        found = diagnose(topology=topo)
+    elif target == "import":
+        report, provider = targets.inspect_imports(value, interval)
+        found = diagnose(report=report, gomp_provider=provider)
+    elif target == "pid":
+        report, provider = targets.inspect_pid(value, interval)
+        from ..inspection import _environ_of
+        environ, _ = _environ_of(value)
+        found = diagnose(report=report, gomp_provider=provider, environ=environ or {})
+    elif target == "command":
+        report, stderr, status, provider = targets.run_command(value, interval)
+        extra["command_status"] = status
+        if report is None:
+            topo = read_topology()
+            report = Report(pid=0, topology=topo, census=None, attribution=None, runtimes=(),
+                            runtimes_order_source=None, ld_preload=None, pools=(),
+                            notes=("the command ended before it could be sampled",))
+        found = diagnose(report=report, stderr=stderr, gomp_provider=provider)
+    else:
+        raise ValueError(f"unknown doctor target {target!r}")
+    return replace(report, findings=tuple(found)), extra

@@ -1,0 +1,61 @@
+"""Known runtime messages on stderr, classified into findings."""
+
+from __future__ import annotations
+
+import re
+
+from .findings import finding
+
+_OMP15 = re.compile(r"OMP: Error #15: Initializing (\S+?),? but found (\S+?) already initialized")
+_PTHREAD = re.compile(r"OpenBLAS blas_thread_init: pthread_create failed for thread (\d+) of (\d+)")
+_RLIMIT = re.compile(r"RLIMIT_NPROC (-?\d+) current, (-?\d+) max")
+_REGIONS = re.compile(r"too many memory regions.*?(?:maximum of (\d+) threads)?", re.S)
+_TBB = re.compile(r"TBB Warning: The number of workers is currently limited to (\d+)\. "
+                  r"The request for (\d+) workers is ignored")
+_TLS = re.compile(r"(\S*libgomp\S*\.so\S*): cannot allocate memory in static TLS block")
+_FORK = re.compile(r"is multi-threaded, use of fork\(\) may lead to deadlocks")
+_MKL_LAYER = re.compile(r"MKL_THREADING_LAYER=INTEL is incompatible with (\S+)")
+
+
+def classify(stderr: str) -> list:
+    out = []
+    for m in _OMP15.finditer(stderr):
+        new, old = m.group(1), m.group(2)
+        out.append(finding("TG401", f"OpenMP runtime {new} initialized while {old} was already",
+                           [m.group(0)], "load a single OpenMP runtime; OMP_NUM_THREADS=1 only "
+                           "hides the crash"))
+    m = _PTHREAD.search(stderr)
+    if m:
+        limit = _RLIMIT.search(stderr)
+        evidence = [m.group(0)] + ([limit.group(0)] if limit else [])
+        if limit and limit.group(1) == "-1":
+            fix = "the cgroup's pids.max is the limit: raise it, or cap OpenBLAS (OPENBLAS_NUM_THREADS)"
+        else:
+            fix = (f"OPENBLAS_NUM_THREADS x processes exceeds RLIMIT_NPROC: export "
+                   f"OPENBLAS_NUM_THREADS=<CPUs / processes> (asked {m.group(2)})")
+        out.append(finding("TG402", f"OpenBLAS could not start thread {m.group(1)} of {m.group(2)}",
+                           evidence, fix))
+    m = _REGIONS.search(stderr)
+    if m and "memory regions" in stderr:
+        built = m.group(1)
+        out.append(finding("TG403", "OpenBLAS ran out of memory regions" +
+                           (f" (built for {built} threads)" if built else ""), [m.group(0)[:200]],
+                           "cap OpenBLAS below its build limit and the number of threads calling "
+                           "it: with threadguard.budget(): ..."))
+    m = _TBB.search(stderr)
+    if m:
+        out.append(finding("TG404", f"TBB kept {m.group(1)} workers, not the {m.group(2)} asked",
+                           [m.group(0)], "a tbb::global_control or another library limited TBB "
+                           "process-wide: size OpenVINO's INFERENCE_NUM_THREADS to it"))
+    m = _TLS.search(stderr)
+    if m:
+        out.append(finding("TG405", f"{m.group(1)} could not be loaded (static TLS block full)",
+                           [m.group(0)], f"LD_PRELOAD={m.group(1)} <your command>"))
+    if _FORK.search(stderr):
+        out.append(finding("TG406", "fork() in a process with threads", ["Python warned: " +
+                           _FORK.search(stderr).group(0)],
+                           "multiprocessing.set_start_method('spawn') or 'forkserver'"))
+    m = _MKL_LAYER.search(stderr)
+    if m:
+        out.append(finding("TG106", m.group(0), [m.group(0)], "export MKL_THREADING_LAYER=GNU"))
+    return out

@@ -1,0 +1,138 @@
+"""Checks of the OpenMP/TBB runtimes: loaded in a process, or shipped to be."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..runtime_libs import parse_ld_preload
+from .findings import finding
+
+
+def _real(path: str) -> str:
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return path
+
+
+def _preload_line(path: str, environ) -> str:
+    existing = environ.get("LD_PRELOAD", "")
+    return f"LD_PRELOAD={path}" + (f":{existing}" if existing else "")
+
+
+def check_loaded(runtimes, environ, gomp_provider: str | None = None) -> list:
+    """``runtimes``: the report's loaded runtimes, in load order."""
+    out = []
+    openmp = [r for r in runtimes if r.kind == "openmp"]
+    kmp = {}
+    for r in openmp:
+        if r.name in ("libiomp5", "libomp"):
+            kmp.setdefault(_real(r.path), r)
+    if len(kmp) > 1:
+        paths = [r.path for r in kmp.values()]
+        names = {r.name for r in kmp.values()}
+        out.append(finding(
+            "TG101", f"{' and '.join(sorted(names))} loaded together"
+            if len(names) > 1 else f"{len(paths)} copies of {names.pop()} loaded",
+            [f"#{r.load_index} {r.name}: {r.path}" for r in kmp.values()],
+            "use one OpenMP runtime for the whole process: e.g. MKL_THREADING_LAYER=GNU, or "
+            "NumPy/SciPy built on OpenBLAS; OMP_NUM_THREADS=1 as a stopgap"))
+    gnu = [r for r in openmp if r.name == "libgomp"]
+    intel = [r for r in openmp if r.name == "libiomp5"]
+    if gnu and intel:
+        first_gnu, first_intel = gnu[0], intel[0]
+        if first_gnu.load_index < first_intel.load_index:
+            out.append(finding(
+                "TG102", "GNU OpenMP was initialized before Intel OpenMP",
+                [f"#{first_gnu.load_index} libgomp: {first_gnu.path}",
+                 f"#{first_intel.load_index} libiomp5: {first_intel.path}"]
+                + ([f"GOMP_* symbols served by {gomp_provider}"] if gomp_provider else []),
+                f"{_preload_line(first_intel.path, environ)} <your command>   "
+                f"(or: threadguard run -- <your command>)"))
+        elif gomp_provider and "iomp" not in os.path.basename(gomp_provider):
+            out.append(finding(
+                "TG102", "Intel OpenMP loaded first, but GOMP_* symbols are served by another "
+                "runtime", [f"GOMP_parallel from {gomp_provider}"],
+                f"{_preload_line(first_intel.path, environ)} <your command>"))
+    distinct_gnu = {_real(r.path) for r in gnu}
+    if len(distinct_gnu) > 1:
+        out.append(finding("TG103", f"{len(distinct_gnu)} copies of GNU OpenMP loaded, each "
+                           "with its own pool", [r.path for r in gnu],
+                           "cap them together: with threadguard.budget(): ...  or "
+                           "OMP_NUM_THREADS=<CPUs / copies>"))
+    if environ.get("KMP_DUPLICATE_LIB_OK", "").upper() in ("TRUE", "1", "YES"):
+        out.append(finding("TG105", "KMP_DUPLICATE_LIB_OK=TRUE is set",
+                           ["KMP_DUPLICATE_LIB_OK=" + environ["KMP_DUPLICATE_LIB_OK"]]
+                           + [f"OpenMP loaded: {r.path}" for r in openmp],
+                           "unset KMP_DUPLICATE_LIB_OK and load a single OpenMP runtime"))
+    layer = environ.get("MKL_THREADING_LAYER", "").upper()
+    if layer == "INTEL" and gnu:
+        out.append(finding("TG106", "MKL_THREADING_LAYER=INTEL with GNU OpenMP loaded: MKL will "
+                           "stop with 'MKL_THREADING_LAYER=INTEL is incompatible with "
+                           "libgomp.so.1'", ["MKL_THREADING_LAYER=INTEL", gnu[0].path],
+                           "export MKL_THREADING_LAYER=GNU"))
+    return out
+
+
+def check_shipped(shipped, environ, openvino_version: str | None) -> list:
+    """Conflicts predicted from what the installed packages ship."""
+    out = []
+    preload = [e.path or e.entry for e in parse_ld_preload(environ.get("LD_PRELOAD"))]
+    intel = [r for r in shipped if r.name == "libiomp5"]
+    gnu = [r for r in shipped if r.name == "libgomp"]
+    llvm = [r for r in shipped if r.name == "libomp"]
+    intel_preloaded = any("iomp5" in os.path.basename(p) for p in preload)
+    if intel and gnu and not intel_preloaded:
+        out.append(finding(
+            "TG104", "Intel and GNU OpenMP are both installed: if both load, Intel's must be "
+            "initialized first",
+            [f"{r.name}: {r.path} ({r.distribution})" for r in intel[:1] + gnu],
+            f"{_preload_line(intel[0].path, environ)} <your command>   "
+            f"(threadguard run does this)"))
+    if intel and llvm:
+        out.append(finding(
+            "TG104", "Intel OpenMP and LLVM OpenMP are both installed: loaded together they can "
+            "abort the process", [f"{r.name}: {r.path} ({r.distribution})" for r in intel[:1] + llvm],
+            "keep one of the packages that ship them"))
+    layer = environ.get("MKL_THREADING_LAYER", "").upper()
+    if layer == "INTEL" and gnu:
+        out.append(finding("TG106", "MKL_THREADING_LAYER=INTEL while packages ship GNU OpenMP: "
+                           "MKL stops when both load", ["MKL_THREADING_LAYER=INTEL"]
+                           + [f"{r.path} ({r.distribution})" for r in gnu],
+                           "export MKL_THREADING_LAYER=GNU"))
+    for entry in parse_ld_preload(environ.get("LD_PRELOAD")):
+        if entry.exists is False:
+            out.append(finding("TG108", f"LD_PRELOAD names a missing file: {entry.entry}",
+                               [f"LD_PRELOAD={environ.get('LD_PRELOAD')}"],
+                               "fix the path or remove the entry"))
+        if "jemalloc" in entry.entry and openvino_version and _at_least(openvino_version, (2024, 3)):
+            out.append(finding("TG107", f"{entry.entry} preloaded with OpenVINO {openvino_version}",
+                               [f"LD_PRELOAD={environ.get('LD_PRELOAD')}"],
+                               "remove jemalloc from LD_PRELOAD for OpenVINO processes, or set "
+                               "MALLOC_CONF=... per oneTBB#1645"))
+    return out
+
+
+def _at_least(version: str, floor: tuple[int, int]) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= floor
+
+
+def check_mixed_pools(report) -> list:
+    """TBB and OpenMP pools both running threads in one process."""
+    if report is None or report.attribution is None or report.census is None:
+        return []
+    active: dict[str, int] = {}
+    for t in report.census.threads:
+        owner = report.attribution.owners.get(t.tid)
+        if owner and t.active:
+            active[owner.pool] = active.get(owner.pool, 0) + 1
+    tbb = active.get("tbb", 0) + active.get("openvino", 0)
+    omp = sum(n for pool, n in active.items() if pool.startswith("openmp:"))
+    if tbb and omp:
+        return [finding("TG110", f"TBB ({tbb} active) and OpenMP ({omp} active) pools both "
+                        "running", [f"{pool}: {n} active threads" for pool, n in sorted(active.items())],
+                        "export OMP_WAIT_POLICY=PASSIVE, and give each pool its share: "
+                        "with threadguard.budget(): ...")]
+    return []

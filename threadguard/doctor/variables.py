@@ -1,0 +1,107 @@
+"""Checks of the thread variables, against what the runtimes really do with them.
+
+- OpenMP runtimes (GNU, Intel, LLVM) read ``OMP_NUM_THREADS`` as a list of
+  positive integers, one per nesting level ("4,2"); anything else ("abc",
+  "0", "1.0", "all") is ignored with a warning; "" counts as unset.
+- OpenBLAS parses ``OPENBLAS_NUM_THREADS`` (then ``GOTO_NUM_THREADS``, then
+  ``OMP_NUM_THREADS``) with ``atoi``: "4,2" is 4, and "abc", "", "-3", "0"
+  give 0, which means all cores.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .findings import finding
+
+OPENMP_LIST = re.compile(r"^\s*[1-9]\d*(\s*,\s*[1-9]\d*)*\s*$")
+
+
+def openmp_value(text: str | None) -> tuple[int | None, str | None]:
+    """What an OpenMP runtime does with ``OMP_NUM_THREADS``: (threads, problem)."""
+    if text is None or text.strip() == "":
+        return None, None
+    if not OPENMP_LIST.match(text):
+        return None, "not a list of positive integers: the runtimes ignore it (and warn)"
+    levels = [int(x) for x in text.split(",")]
+    return levels[0], None
+
+
+def atoi(text: str) -> int:
+    """C's atoi: leading whitespace, optional sign, digits; anything else stops."""
+    m = re.match(r"\s*([+-]?\d+)", text)
+    return int(m.group(1)) if m else 0
+
+
+def openblas_value(environ) -> tuple[str | None, int | None]:
+    """(variable used, threads; 0 = all cores) as OpenBLAS reads its environment."""
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        if name in environ:
+            value = atoi(environ[name])
+            return name, (value if value > 0 else 0)
+    return None, None
+
+
+def check(environ, cpus: int) -> list:
+    out = []
+    omp = environ.get("OMP_NUM_THREADS")
+    threads, problem = openmp_value(omp)
+    if problem:
+        out.append(finding("TG201", f"OMP_NUM_THREADS={omp!r} is {problem}",
+                           [f"OMP_NUM_THREADS={omp!r}",
+                            "OpenMP pools then use every CPU: "
+                            f"{cpus} here" if cpus else ""],
+                           f"export OMP_NUM_THREADS={cpus}"))
+    elif omp is not None and omp.strip() == "":
+        out.append(finding("TG201", "OMP_NUM_THREADS is set but empty: the runtimes treat it "
+                           "as unset", ["OMP_NUM_THREADS=''"], f"export OMP_NUM_THREADS={cpus}",
+                           severity="info"))
+    elif omp and "," in omp:
+        levels = environ.get("OMP_MAX_ACTIVE_LEVELS")
+        nested = (environ.get("OMP_NESTED", "").lower() == "true"
+                  or (levels is not None and levels.strip().isdigit() and int(levels) > 1))
+        if not nested:
+            out.append(finding("TG201", f"OMP_NUM_THREADS={omp!r} is a nested list but nesting "
+                               f"is off: only the first level ({threads}) is used",
+                               [f"OMP_NUM_THREADS={omp!r}", "OMP_MAX_ACTIVE_LEVELS unset or 1"],
+                               f"export OMP_NUM_THREADS={threads}", severity="info"))
+    if threads and threads > cpus:
+        out.append(finding("TG203", f"OMP_NUM_THREADS={threads} for {cpus} effective CPUs",
+                           [f"OMP_NUM_THREADS={omp}", f"effective CPUs: {cpus}"],
+                           f"export OMP_NUM_THREADS={cpus}"))
+
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS"):
+        text = environ.get(name)
+        if text is None:
+            continue
+        value = atoi(text)
+        if value <= 0:
+            out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi): OpenBLAS then "
+                               "uses every core, not 1", [f"{name}={text!r}"],
+                               f"export {name}=1  # or the thread count you meant"))
+        elif not re.fullmatch(r"\s*\d+\s*", text):
+            out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi stops at the "
+                               "first non-digit)", [f"{name}={text!r}"],
+                               f"export {name}={value}", severity="info"))
+        elif value > cpus:
+            out.append(finding("TG203", f"{name}={value} for {cpus} effective CPUs",
+                               [f"{name}={text}"], f"export {name}={cpus}"))
+
+    mkl = environ.get("MKL_NUM_THREADS")
+    if mkl and threads and mkl.strip().isdigit() and int(mkl) != threads:
+        out.append(finding("TG202", f"MKL_NUM_THREADS={mkl} and OMP_NUM_THREADS={threads}: MKL "
+                           f"uses {mkl}, other OpenMP pools {threads}",
+                           [f"MKL_NUM_THREADS={mkl}", f"OMP_NUM_THREADS={omp}"],
+                           "set both to the same value unless this is meant"))
+    if environ.get("OMP_WAIT_POLICY", "").strip().upper() == "ACTIVE":
+        blocktime = environ.get("KMP_BLOCKTIME")
+        out.append(finding("TG205", "OMP_WAIT_POLICY=ACTIVE" + ("" if blocktime else
+                           " without KMP_BLOCKTIME") + ": idle OpenMP workers spin",
+                           ["OMP_WAIT_POLICY=ACTIVE"] + ([f"KMP_BLOCKTIME={blocktime}"] if blocktime else []),
+                           "export OMP_WAIT_POLICY=PASSIVE"))
+    for name in ("PYTHON_CPU_COUNT",):
+        if environ.get(name):
+            out.append(finding("TG204", f"{name}={environ[name]} overrides os.cpu_count() for "
+                               "Python code", [f"{name}={environ[name]}"],
+                               "keep it equal to the effective CPUs, or unset it"))
+    return out
