@@ -26,13 +26,15 @@ def new_tids(before):
     return sorted(set(int(t) for t in os.listdir("/proc/self/task")) - set(before))
 def tids():
     return [int(t) for t in os.listdir("/proc/self/task")]
-def openvino_request(width=256):
-    # A real model built in code (matmul + relu), compiled for CPU.
+def openvino_model(width=256):
+    # A real model built in code (matmul + relu).
     import numpy as np, openvino as ov, openvino.opset13 as ops
     p = ops.parameter([1, width], np.float32)
     w = ops.constant(np.ones((width, width), np.float32))
-    model = ov.Model([ops.relu(ops.matmul(p, w, False, False))], [p])
-    compiled = ov.Core().compile_model(model, "CPU")
+    return ov.Model([ops.relu(ops.matmul(p, w, False, False))], [p])
+def openvino_request(width=256):
+    import openvino as ov
+    compiled = ov.Core().compile_model(openvino_model(width), "CPU")
     return compiled, compiled.create_infer_request()
 def start_openmp(path, n=2):
     import ctypes

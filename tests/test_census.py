@@ -126,37 +126,6 @@ def test_snapshot_has_no_rates():
     assert any(t.tid == os.getpid() for t in census.threads)
 
 
-CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
-
-
-@pytest.fixture
-def quota_cgroup():
-    """A real cgroup v1 child with a 0.2-CPU quota (root only)."""
-    if os.geteuid() != 0 or not os.path.isfile(f"{CGROUP_V1_CPU}/cpu.cfs_quota_us"):
-        pytest.skip("needs root and the cgroup v1 cpu controller at /sys/fs/cgroup/cpu")
-    path = f"{CGROUP_V1_CPU}/threadguard-test-{os.getpid()}"
-    try:
-        os.mkdir(path)
-        with open(f"{path}/cpu.cfs_period_us", "w") as f:
-            f.write("100000")
-        with open(f"{path}/cpu.cfs_quota_us", "w") as f:
-            f.write("20000")
-    except OSError as err:
-        pytest.skip(f"cannot create a cgroup here: {err}")
-    try:
-        yield path
-    finally:
-        try:
-            with open(f"{path}/tasks") as f:
-                leftover = [line.strip() for line in f if line.strip()]
-            for tid in leftover:
-                with open(f"{CGROUP_V1_CPU}/tasks", "w") as f:
-                    f.write(tid)
-        except OSError:
-            pass
-        os.rmdir(path)
-
-
 def test_real_cpu_quota_is_read_and_throttling_reported(quota_cgroup):
     def join():
         with open(f"{quota_cgroup}/cgroup.procs", "w") as f:

@@ -69,7 +69,7 @@ CATALOG: dict[str, Check] = {c.code: c for c in (
           "A thread-count variable asks for more threads than the process has CPUs."),
     Check("TG204", INFO, "python-cpu-count-override",
           "Python's CPU count override (-X cpu_count / PYTHON_CPU_COUNT) is active."),
-    Check("TG205", INFO, "openmp-active-wait",
+    Check("TG205", WARNING, "openmp-active-wait",
           "OMP_WAIT_POLICY=ACTIVE: idle OpenMP workers spin instead of sleeping."),
     # capacity
     Check("TG301", WARNING, "pools-exceed-cpus",

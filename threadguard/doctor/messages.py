@@ -9,7 +9,8 @@ from .findings import finding
 _OMP15 = re.compile(r"OMP: Error #15: Initializing (\S+?),? but found (\S+?) already initialized")
 _PTHREAD = re.compile(r"OpenBLAS blas_thread_init: pthread_create failed for thread (\d+) of (\d+)")
 _RLIMIT = re.compile(r"RLIMIT_NPROC (-?\d+) current, (-?\d+) max")
-_REGIONS = re.compile(r"too many memory regions.*?(?:maximum of (\d+) threads)?", re.S)
+_REGIONS = re.compile(r"too many memory regions")
+_BUILT_FOR = re.compile(r"maximum of (\d+) threads")
 _TBB = re.compile(r"TBB Warning: The number of workers is currently limited to (\d+)\. "
                   r"The request for (\d+) workers is ignored")
 _TLS = re.compile(r"(\S*libgomp\S*\.so\S*): cannot allocate memory in static TLS block")
@@ -36,10 +37,12 @@ def classify(stderr: str) -> list:
         out.append(finding("TG402", f"OpenBLAS could not start thread {m.group(1)} of {m.group(2)}",
                            evidence, fix))
     m = _REGIONS.search(stderr)
-    if m and "memory regions" in stderr:
-        built = m.group(1)
+    if m:
+        built_m = _BUILT_FOR.search(stderr)
+        built = built_m.group(1) if built_m else None
         out.append(finding("TG403", "OpenBLAS ran out of memory regions" +
-                           (f" (built for {built} threads)" if built else ""), [m.group(0)[:200]],
+                           (f" (built for {built} threads)" if built else ""),
+                           [m.group(0)] + ([built_m.group(0)] if built else []),
                            "cap OpenBLAS below its build limit and the number of threads calling "
                            "it: with threadguard.budget(): ..."))
     m = _TBB.search(stderr)

@@ -120,19 +120,25 @@ def _at_least(version: str, floor: tuple[int, int]) -> bool:
 
 
 def check_mixed_pools(report) -> list:
-    """TBB and OpenMP pools both running threads in one process."""
+    """TBB and OpenMP pools both present in a busy process. Counting only
+    active workers would miss it: OpenVINO's inference runs mostly in the
+    thread that calls it, so its TBB worker can look idle while OpenMP's spin."""
     if report is None or report.attribution is None or report.census is None:
         return []
+    threads: dict[str, int] = {}
     active: dict[str, int] = {}
     for t in report.census.threads:
         owner = report.attribution.owners.get(t.tid)
-        if owner and t.active:
-            active[owner.pool] = active.get(owner.pool, 0) + 1
-    tbb = active.get("tbb", 0) + active.get("openvino", 0)
-    omp = sum(n for pool, n in active.items() if pool.startswith("openmp:"))
-    if tbb and omp:
-        return [finding("TG110", f"TBB ({tbb} active) and OpenMP ({omp} active) pools both "
-                        "running", [f"{pool}: {n} active threads" for pool, n in sorted(active.items())],
+        if owner:
+            threads[owner.pool] = threads.get(owner.pool, 0) + 1
+            active[owner.pool] = active.get(owner.pool, 0) + int(t.active)
+    tbb = threads.get("tbb", 0)
+    omp = sum(n for pool, n in threads.items() if pool.startswith("openmp:"))
+    busy = (report.census.cpu_used or 0) >= 0.5 or any(active.values())
+    if tbb and omp and busy:
+        return [finding("TG110", f"TBB ({tbb} workers) and OpenMP ({omp} workers) pools in one "
+                        "busy process", [f"{pool}: {n} threads, {active.get(pool, 0)} active"
+                                         for pool, n in sorted(threads.items())],
                         "export OMP_WAIT_POLICY=PASSIVE, and give each pool its share: "
                         "with threadguard.budget(): ...")]
     return []

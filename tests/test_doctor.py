@@ -1,0 +1,372 @@
+"""threadguard doctor: each check in its real situation, and silence when healthy."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import threadguard
+from threadguard.doctor import CATALOG, diagnose, messages, variables
+from threadguard.runtime_libs import ShippedRuntime
+from machine_tree import V2_MOUNTINFO, machine, multi_socket
+from procs import intel_libiomp5, llvm_libomp, python_child, sklearn_libgomp
+
+ROOT = Path(__file__).parents[1]
+CPUS = threadguard.topology().effective_cpus
+
+
+def doctor(*args, env=None, **kw):
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("OMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO_", "LD_PRELOAD"))}
+    base.update(CI="true", PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "threadguard", "doctor", *args],
+                          capture_output=True, text=True, env=base, timeout=300, **kw)
+
+
+def codes(out) -> set[str]:
+    return set(re.findall(r"^(?:error|warning|info) (TG\d+)", out.stdout, re.M))
+
+
+def json_codes(out) -> set[str]:
+    return {f["code"] for f in json.loads(out.stdout)["findings"]}
+
+
+# --- variables: what the runtimes really do with each value ---------------
+
+@pytest.mark.parametrize("value, threads, problem", [
+    ("4", 4, False), ("4,3,2", 4, False), (" 8 ", 8, False), ("", None, False),
+    ("abc", None, True), ("0", None, True), ("1.0", None, True), ("all", None, True),
+    ("-2", None, True), ("4,", None, True),
+])
+def test_openmp_reading_of_omp_num_threads(value, threads, problem):
+    got, why = variables.openmp_value(value)
+    assert got == threads and bool(why) == problem
+
+
+@pytest.mark.parametrize("environ, used, threads", [
+    ({"OPENBLAS_NUM_THREADS": "4,2"}, "OPENBLAS_NUM_THREADS", 4),
+    ({"OPENBLAS_NUM_THREADS": ""}, "OPENBLAS_NUM_THREADS", 0),
+    ({"OPENBLAS_NUM_THREADS": "abc"}, "OPENBLAS_NUM_THREADS", 0),
+    ({"OPENBLAS_NUM_THREADS": "-3"}, "OPENBLAS_NUM_THREADS", 0),
+    ({"GOTO_NUM_THREADS": "3", "OMP_NUM_THREADS": "2"}, "GOTO_NUM_THREADS", 3),
+    ({"OMP_NUM_THREADS": "2"}, "OMP_NUM_THREADS", 2),
+    ({}, None, None),
+])
+def test_openblas_reading_with_atoi(environ, used, threads):
+    assert variables.openblas_value(environ) == (used, threads)
+
+
+def test_omp_num_threads_abc_from_the_command_line():
+    out = doctor(env={"OMP_NUM_THREADS": "abc"})
+    assert "TG201" in codes(out) and "OMP_NUM_THREADS='abc'" in out.stdout
+    assert f"fix: export OMP_NUM_THREADS={CPUS}" in out.stdout
+
+
+@pytest.mark.parametrize("environ, code, severity", [
+    ({"OMP_NUM_THREADS": "0"}, "TG201", "warning"),
+    ({"OMP_NUM_THREADS": ""}, "TG201", "info"),
+    ({"OMP_NUM_THREADS": "4,2"}, "TG201", "info"),
+    ({"OPENBLAS_NUM_THREADS": "-3"}, "TG201", "warning"),
+    ({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "2"}, "TG202", "info"),
+    ({"OPENBLAS_NUM_THREADS": "512"}, "TG203", "warning"),
+    ({"OMP_NUM_THREADS": "512"}, "TG203", "warning"),
+    ({"OMP_WAIT_POLICY": "active"}, "TG205", "warning"),
+    ({"PYTHON_CPU_COUNT": "64"}, "TG204", "info"),
+    ({"KMP_DUPLICATE_LIB_OK": "TRUE"}, None, None),  # needs a process: see below
+])
+def test_variable_findings(environ, code, severity):
+    found = variables.check(environ, CPUS)
+    if code is None:
+        assert found == []
+    else:
+        assert (code, severity) in {(f.code, f.severity) for f in found}
+
+
+def test_nested_list_is_fine_when_nesting_is_on():
+    assert variables.check({"OMP_NUM_THREADS": "2,1", "OMP_MAX_ACTIVE_LEVELS": "2"}, 4) == []
+
+
+# --- a healthy setup stays silent ------------------------------------------
+
+@pytest.mark.slow
+def test_clean_venv_with_numpy_only_has_no_findings(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy", "psutil",
+                              "threadpoolctl", "rich"], capture_output=True, text=True)
+    if install.returncode != 0:
+        pytest.skip(f"cannot install into a fresh venv here: {install.stderr[-300:]}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "OPENBLAS_", "LD_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    for args in (["doctor", "--json"], ["doctor", "--json", "--import", "numpy"]):
+        out = subprocess.run([str(py), "-m", "threadguard", *args], capture_output=True,
+                             text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        findings = json.loads(out.stdout)["findings"]
+        assert [f for f in findings if f["severity"] != "info"] == [], findings
+
+
+def test_healthy_single_threaded_process_is_silent():
+    code = "import numpy as np\nnp.ones((50, 50)) @ np.ones((50, 50))\nreport()"
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "1"}) as child:
+        report, _ = threadguard.doctor.doctor("pid", value=child.pid, interval=0.3)
+    assert [f.code for f in report.findings if f.severity != "info"] in ([], ["TG104"])
+
+
+# --- runtimes, with real libraries ------------------------------------------
+
+def test_gnu_before_intel_is_an_error_and_the_printed_fix_clears_it():
+    gomp, iomp = sklearn_libgomp(), intel_libiomp5()
+    out = doctor("--import", f"sklearn.cluster,{iomp}")
+    assert out.returncode == 1
+    assert "TG102" in codes(out)
+    fix = re.search(r"fix: (LD_PRELOAD=\S+)", out.stdout).group(1)
+    assert os.path.realpath(fix.split("=", 1)[1].split(":")[0]) == os.path.realpath(iomp)
+    fixed = doctor("--import", f"sklearn.cluster,{iomp}", env=dict([fix.split("=", 1)]))
+    assert fixed.returncode == 0, fixed.stdout
+    assert "TG102" not in codes(fixed) and "TG104" not in codes(fixed)
+    del gomp
+
+
+def test_intel_and_llvm_openmp_together():
+    out = doctor("--json", "--import", f"{intel_libiomp5()},{llvm_libomp()}")
+    assert "TG101" in json_codes(out) and out.returncode == 1
+
+
+def test_two_gnu_openmp_copies():
+    pytest.importorskip("torch")
+    out = doctor("--json", "--import", "sklearn.cluster,torch")
+    assert "TG103" in json_codes(out)
+
+
+def test_kmp_duplicate_lib_ok_is_flagged_with_the_duplicates():
+    out = doctor("--json", "--import", f"{intel_libiomp5()},{llvm_libomp()}",
+                 env={"KMP_DUPLICATE_LIB_OK": "TRUE"})
+    found = {f["code"]: f for f in json.loads(out.stdout)["findings"]}
+    assert "TG105" in found and any("libomp" in e for e in found["TG105"]["evidence"])
+
+
+def test_mkl_intel_layer_with_libgomp_loaded():
+    out = doctor("--json", "--import", "sklearn.cluster", env={"MKL_THREADING_LAYER": "INTEL"})
+    assert "TG106" in json_codes(out)
+
+
+def test_shipped_conflicts_predicted_without_loading():
+    gnu = ShippedRuntime("openmp", "libgomp", sklearn_libgomp(), "scikit-learn")
+    intel = ShippedRuntime("openmp", "libiomp5", intel_libiomp5(), "intel-openmp")
+    llvm = ShippedRuntime("openmp", "libomp", "/usr/lib/libomp.so.5", "x")
+    assert "TG104" in {f.code for f in diagnose(environ={}, shipped=[gnu, intel])}
+    assert "TG104" not in {f.code for f in diagnose(environ={"LD_PRELOAD": intel.path},
+                                                    shipped=[gnu, intel])}
+    assert any("abort" in f.title for f in diagnose(environ={}, shipped=[intel, llvm]))
+    assert "TG104" not in {f.code for f in diagnose(environ={}, shipped=[gnu])}
+
+
+def test_preload_entries(tmp_path):
+    found = {f.code for f in diagnose(environ={"LD_PRELOAD": f"{tmp_path}/missing.so"}, shipped=[])}
+    assert "TG108" in found
+    if __import__("importlib").util.find_spec("openvino"):
+        found = {f.code for f in diagnose(environ={"LD_PRELOAD": "libjemalloc.so.2"}, shipped=[])}
+        assert "TG107" in found
+
+
+def test_scan_imports_nothing():
+    code = ("import sys; from threadguard.doctor import doctor; doctor()\n"
+            "print([m for m in ('numpy', 'sklearn', 'openvino', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+# --- capacity ----------------------------------------------------------------
+
+OVERSUBSCRIBED = """
+import numpy as np, threading, time
+a = np.random.rand(300, 300)
+def work():
+    t = time.time()
+    while time.time() - t < 3:
+        a @ a
+threads = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+"""
+
+
+@pytest.mark.slow
+def test_measured_oversubscription_of_a_command_and_its_guarded_twin(tmp_path):
+    script = tmp_path / "over.py"
+    script.write_text(OVERSUBSCRIBED)
+    out = doctor("--json", "--", sys.executable, str(script), env={"OPENBLAS_NUM_THREADS": "2"})
+    found = json_codes(out)
+    assert "TG303" in found and "TG301" in found
+    report = json.loads(out.stdout)
+    assert report["target"]["kind"] == "command" and report["command_status"] == 0
+    # The same work in 1 thread with a 1-thread pool: nothing waits.
+    calm = tmp_path / "calm.py"
+    calm.write_text(OVERSUBSCRIBED.replace("range(4)", "range(1)"))
+    out = doctor("--json", "--", sys.executable, str(calm), env={"OPENBLAS_NUM_THREADS": "1"})
+    assert not {"TG303", "TG301"} & json_codes(out)
+
+
+def test_sized_to_the_host_inside_a_quota(tmp_path):
+    root = machine(tmp_path, 64, extra={
+        "/proc/self/cgroup": "0::/pod\n", "/proc/self/mountinfo": V2_MOUNTINFO,
+        "/sys/fs/cgroup/pod/cpu.max": "200000 100000\n"})
+    topo = threadguard.topology(fsroot=root)
+    found = {f.code: f for f in diagnose(environ={}, topology=topo, shipped=[], host_cpus=64)}
+    assert "TG302" in found and "OMP_NUM_THREADS=2" in found["TG302"].fix
+    calm = diagnose(environ={"OMP_NUM_THREADS": "2"}, topology=topo, shipped=[], host_cpus=64)
+    assert "TG302" not in {f.code for f in calm}
+
+
+def test_latency_on_several_numa_nodes(tmp_path):
+    topo = threadguard.topology(fsroot=multi_socket(tmp_path, 2, 4))
+    found = {f.code: f for f in diagnose(environ={}, topology=topo, shipped=[], host_cpus=8)}
+    assert "numactl -m 0 --physcpubind 0-3" in found["TG305"].fix
+
+
+def test_throttled_process(request):
+    from test_census import SPIN_AND_SLEEP
+    path = request.getfixturevalue("quota_cgroup")
+
+    def join():
+        with open(f"{path}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+    with python_child(SPIN_AND_SLEEP, preexec_fn=join) as child:
+        report, _ = threadguard.doctor.doctor("pid", value=child.pid, interval=0.6)
+    assert "TG304" in {f.code for f in report.findings}
+
+
+@pytest.mark.openvino
+def test_tbb_and_openmp_active_together():
+    pytest.importorskip("openvino")
+    gomp = sklearn_libgomp()
+    code = """
+import numpy as np, threading
+from sklearn.cluster import KMeans
+compiled, request = openvino_request(256)
+stop = threading.Event()
+def infer():
+    x = np.ones((1, 256), np.float32)
+    while not stop.is_set():
+        request.infer({0: x})
+def cluster():
+    pts = np.random.rand(20000, 8)
+    while not stop.is_set():
+        KMeans(n_clusters=8, n_init=1, max_iter=10).fit(pts)
+for f in (infer, cluster):
+    threading.Thread(target=f, daemon=True).start()
+import time; time.sleep(0.5)
+report()
+stop.set()
+"""
+    with python_child(code) as child:
+        report, _ = threadguard.doctor.doctor("pid", value=child.pid, interval=0.5)
+    assert "TG110" in {f.code for f in report.findings}
+    del gomp
+
+
+@pytest.mark.openvino
+def test_openvino_ignoring_a_cpu_quota_is_over_budget(request):
+    # openvino#37838: compiled inside a 0.2-CPU quota, OpenVINO still sizes
+    # itself to every CPU it sees.
+    pytest.importorskip("openvino")
+    if CPUS < 2:
+        pytest.skip("needs 2 CPUs to exceed a 1-CPU budget")
+    path = request.getfixturevalue("quota_cgroup")
+
+    def join():
+        with open(f"{path}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+    code = """
+import threadguard
+from threadguard.pools.openvino import track
+compiled, _ = openvino_request(32)  # OpenVINO's defaults
+track(compiled)
+r = threadguard.inspect(interval=0.05)
+from threadguard.doctor import capacity
+report(codes=[f.code for f in capacity.check_process(r)], eff=r.topology.effective_cpus,
+       threads=compiled.get_property("INFERENCE_NUM_THREADS"))
+"""
+    with python_child(code, preexec_fn=join) as child:
+        facts = child.facts
+    assert facts["eff"] == 1 and facts["threads"] > 1
+    assert "TG307" in facts["codes"]
+
+
+# --- messages on stderr --------------------------------------------------------
+
+@pytest.mark.parametrize("text, code, needle", [
+    ("OMP: Error #15: Initializing libiomp5.so, but found libomp.so.5 already initialized.\n"
+     "OMP: Hint This means that multiple copies...", "TG401", "libiomp5.so initialized while libomp.so.5"),
+    ("OMP: Error #15: Initializing libiomp5md.dll, but found libiomp5md.dll already initialized.\n"
+     "OMP: Hint: This means", "TG401", "libiomp5md.dll"),
+    ("OMP: Error #15: Initializing libomp.dylib, but found libomp.dylib already initialized.",
+     "TG401", "libomp.dylib"),
+    ("OpenBLAS blas_thread_init: pthread_create failed for thread 50 of 64: Resource temporarily "
+     "unavailable\nOpenBLAS blas_thread_init: RLIMIT_NPROC 4096 current, 4096 max", "TG402",
+     "thread 50 of 64"),
+    ("OpenBLAS blas_thread_init: pthread_create failed for thread 3 of 8: Resource temporarily "
+     "unavailable\nOpenBLAS blas_thread_init: RLIMIT_NPROC -1 current, -1 max", "TG402", "pids.max"),
+    ("OpenBLAS warning: precompiled NUM_THREADS exceeded, adding auxiliary array for thread "
+     "metadata.\nBLAS : Program is Terminated. Because you tried to allocate too many memory "
+     "regions.\nThis library was built to support a maximum of 128 threads", "TG403", "128"),
+    ("TBB Warning: The number of workers is currently limited to 3. The request for 15 workers "
+     "is ignored. Further requests for more workers will be silently ignored until the limit "
+     "changes.", "TG404", "3 workers"),
+    ("ImportError: /venv/lib/python3.11/site-packages/scikit_learn.libs/libgomp-d22c30c5.so.1.0.0: "
+     "cannot allocate memory in static TLS block", "TG405",
+     "LD_PRELOAD=/venv/lib/python3.11/site-packages/scikit_learn.libs/libgomp-d22c30c5.so.1.0.0"),
+    ("DeprecationWarning: This process (pid=12) is multi-threaded, use of fork() may lead to "
+     "deadlocks in the child.", "TG406", "spawn"),
+    ("Error: MKL_THREADING_LAYER=INTEL is incompatible with libgomp.so.1 library.", "TG106",
+     "MKL_THREADING_LAYER=GNU"),
+])
+def test_messages_are_classified(text, code, needle):
+    found = messages.classify(text)
+    assert [f.code for f in found] == [code]
+    f = found[0]
+    assert needle in f.title + " ".join(f.evidence) + f.fix
+
+
+# --- output, exit codes, documentation -------------------------------------------
+
+def test_json_and_exit_codes():
+    out = doctor("--json", env={"OMP_NUM_THREADS": "abc"})
+    data = json.loads(out.stdout)
+    assert data["schema"] == "threadguard.report/1" and data["target"]["kind"] == "environment"
+    f = next(f for f in data["findings"] if f["code"] == "TG201")
+    assert set(f) == {"code", "severity", "title", "evidence", "fix"}
+    assert out.returncode == 0  # warnings do not fail by default
+    assert doctor("--fail-on", "warning", env={"OMP_NUM_THREADS": "abc"}).returncode == 1
+    assert doctor("--fail-on", "never", "--import", f"{intel_libiomp5()},{llvm_libomp()}").returncode == 0
+
+
+@pytest.mark.parametrize("args", [["--pid", "999999999"], ["--import", "no_such_module_xyz"],
+                                  ["--fail-on", "sometimes"], ["--import", ","],
+                                  ["--", "threadguard-no-such-command"]])
+def test_doctor_bad_input_exits_2(args):
+    out = doctor(*args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_no_color_and_plain_output_when_not_a_terminal():
+    out = doctor(env={"OMP_NUM_THREADS": "abc"})
+    assert "\x1b[" not in out.stdout
+    assert re.search(r"^\d+ errors?, \d+ warnings?, \d+ infos?$", out.stdout, re.M)
+
+
+def test_every_code_is_documented_with_an_example():
+    doc = (ROOT / "docs" / "checks.md").read_text()
+    for code, check in CATALOG.items():
+        section = re.search(rf"^## {code} {re.escape(check.name)}\n(.*?)(?=^## |\Z)", doc, re.M | re.S)
+        assert section, f"{code} {check.name} is not documented in docs/checks.md"
+        assert "```" in section.group(1), f"{code} has no example output"
