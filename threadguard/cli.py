@@ -15,34 +15,25 @@ from ._errors import ThreadguardError
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 
-def _pid(text: str) -> int:
-    try:
-        pid = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
-    if pid <= 0:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
-    return pid
+def _bounded(cast, low, high, what: str, *, low_open: bool = False):
+    """An argparse type: ``cast`` the text, then check ``low <= value <= high``
+    (``low < value`` with ``low_open``); the error names the value and range."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}: got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        if too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{what}: got {text!r}")
+        return value
+    return parse
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"interval must be 0 to 3600 seconds: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value}")
-    return value
+_pid = _bounded(int, 1, None, "a process id is a whole number of at least 1")
+_interval = _bounded(float, 0, 3600, "interval must be 0 to 3600 seconds")
+_count = _bounded(int, 1, None, "must be a whole number of at least 1")
+_seconds = _bounded(float, 0, 3600, "seconds must be above 0 and at most 3600", low_open=True)
 
 
 def _socket_number(text: str) -> int:
@@ -50,16 +41,6 @@ def _socket_number(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a socket number: {text!r}") from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"seconds must be above 0 and at most 3600: {text!r}")
-    return value
 
 
 def _fsroot(text: str) -> str:
