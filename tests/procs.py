@@ -55,6 +55,7 @@ def python_child(code: str, env: dict | None = None, preexec_fn=None, timeout: f
     """A fresh interpreter running PRELUDE + code; yields once it reported."""
     full_env = dict(os.environ, CI="true", PYTHONPATH=str(Path(__file__).parents[1]))
     full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
     proc = subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=full_env, preexec_fn=preexec_fn)

@@ -103,7 +103,8 @@ def test_clean_venv_with_numpy_only_has_no_findings(tmp_path):
                               "threadpoolctl", "rich"], capture_output=True, text=True)
     if install.returncode != 0:
         pytest.skip(f"cannot install into a fresh venv here: {install.stderr[-300:]}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "OPENBLAS_", "LD_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OMP_", "OPENBLAS_", "LD_", "KMP_", "MKL_"))}
     env["PYTHONPATH"] = str(ROOT)
     for args in (["doctor", "--json"], ["doctor", "--json", "--import", "numpy"]):
         out = subprocess.run([str(py), "-m", "threadguard", *args], capture_output=True,

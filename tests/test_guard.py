@@ -347,3 +347,17 @@ report(before=before, inside=inside, after=(cv2.getNumThreads(), numba.get_num_t
     assert f["inside"] == [1, 1]
     assert f["after"] == f["before"]
     assert f["rows"] == [["numba", "thread", "applied"], ["opencv", "process", "applied"]]
+
+
+def test_using_the_guard_leaves_the_environment_as_it_was():
+    # threadpoolctl sets KMP_DUPLICATE_LIB_OK when imported; the guard must not.
+    code = """
+import os, numpy, threadguard
+before = dict(os.environ)
+with threadguard.budget(1):
+    pass
+threadguard.inspect(interval=0.01)
+report(same=dict(os.environ) == before, kmp=os.environ.get("KMP_DUPLICATE_LIB_OK"))
+"""
+    with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}) as child:
+        assert child.facts == {"same": True, "kmp": None}

@@ -99,7 +99,8 @@ def _openmp_name(ctrl) -> str:
 
 def runtime_limiters() -> list[Limiter]:
     """Limiters for every BLAS and OpenMP runtime loaded now."""
-    from threadpoolctl import ThreadpoolController
+    from ._tpc import threadpoolctl
+    ThreadpoolController = threadpoolctl().ThreadpoolController
 
     with warnings.catch_warnings():
         # threadpoolctl warns when Intel and LLVM OpenMP are both loaded; that

@@ -84,7 +84,8 @@ def _tbb_version(path: str) -> str | None:
 def _versions_in_process() -> dict[str, str]:
     """Versions threadpoolctl knows, by real path (this process only)."""
     try:
-        from threadpoolctl import threadpool_info
+        from ._tpc import threadpoolctl
+        threadpool_info = threadpoolctl().threadpool_info
     except ImportError:
         return {}
     out = {}

@@ -6,7 +6,8 @@ from . import Pool
 
 
 def detect() -> list[Pool]:
-    from threadpoolctl import threadpool_info
+    from .._tpc import threadpoolctl
+    threadpool_info = threadpoolctl().threadpool_info
 
     pools = []
     for info in threadpool_info():
