@@ -227,3 +227,22 @@ def test_importing_threadguard_loads_and_changes_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.stdout.strip() == "[] True", out.stderr
+
+
+@pytest.mark.live
+def test_inspecting_intel_and_llvm_openmp_together_does_not_abort():
+    # threadpoolctl#41: asking both runtimes for their thread count aborts the
+    # process (OMP: Error #15) unless KMP_DUPLICATE_LIB_OK hides it.
+    from procs import intel_libiomp5, llvm_libomp
+    code = f"""
+import ctypes, threadguard
+ctypes.CDLL({intel_libiomp5()!r}); ctypes.CDLL({llvm_libomp()!r})
+r = threadguard.inspect(interval=0.01)
+report(pools={{p.library: [p.num_threads, list(p.notes)] for p in r.pools}},
+       runtimes=[x.name for x in r.runtimes])
+"""
+    with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}) as child:
+        facts = child.facts
+    assert facts["runtimes"][-2:] == ["libiomp5", "libomp"]
+    assert facts["pools"]["libiomp5"][0] >= 1
+    assert facts["pools"]["libomp"][0] is None and "abort" in facts["pools"]["libomp"][1][0]

@@ -82,17 +82,22 @@ def _tbb_version(path: str) -> str | None:
 
 
 def _versions_in_process() -> dict[str, str]:
-    """Versions threadpoolctl knows, by real path (this process only)."""
+    """Versions threadpoolctl knows, by real path (this process only).
+
+    Read from its controllers, which never call into the runtimes:
+    ``threadpool_info()`` would ask every OpenMP runtime for its thread count,
+    and with Intel and LLVM OpenMP both loaded that aborts the process."""
+    import warnings
     try:
         from ._tpc import threadpoolctl
-        threadpool_info = threadpoolctl().threadpool_info
+        module = threadpoolctl()
     except ImportError:
         return {}
-    out = {}
-    for info in threadpool_info():
-        if info.get("version") and info.get("filepath"):
-            out[os.path.realpath(info["filepath"])] = str(info["version"])
-    return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        controllers = module.ThreadpoolController().lib_controllers
+    return {os.path.realpath(c.filepath): str(c.version) for c in controllers
+            if getattr(c, "version", None) and c.filepath}
 
 
 def loaded_runtimes(pid: int | None = None,

@@ -1,4 +1,9 @@
-"""BLAS and OpenMP pools, as threadpoolctl sees them (it never loads anything)."""
+"""BLAS and OpenMP pools, through the same limiters the guard uses.
+
+threadpoolctl finds them (it never loads anything); their sizes are read
+with the runtimes' own getters, never from both Intel and LLVM OpenMP in one
+process (that aborts it: threadpoolctl#41).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,16 @@ from . import Pool
 
 
 def detect() -> list[Pool]:
-    from .._tpc import threadpoolctl
-    threadpool_info = threadpoolctl().threadpool_info
+    from ..limiters import runtime_limiters
 
     pools = []
-    for info in threadpool_info():
-        api = info.get("user_api", "")
-        library = info.get("internal_api", "")
-        if library == "openmp":
-            prefix = info.get("prefix", "")
-            library = {"libgomp": "libgomp", "libiomp": "libiomp5", "libomp": "libomp",
-                       "vcomp": "vcomp"}.get(prefix, prefix or "openmp")
-        notes = []
-        layer = info.get("threading_layer")
-        if layer:
-            notes.append(f"threading layer: {layer}")
-        pools.append(Pool(library, api, info.get("num_threads"), info.get("filepath"),
-                          source="threadpoolctl", notes=tuple(notes)))
+    for lim in runtime_limiters():
+        api = "openmp" if lim.name in ("libgomp", "libiomp5", "libomp") else "blas"
+        if lim.note and lim.note.startswith("not driven"):
+            pools.append(Pool(lim.name, api, None, lim.path, source="not read",
+                              notes=(lim.note.replace("not driven", "size not read"),)))
+            continue
+        notes = (lim.note,) if lim.note else ()
+        pools.append(Pool(lim.name, api, lim.get(), lim.path, source="runtime getter",
+                          notes=notes))
     return pools
