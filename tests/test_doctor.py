@@ -371,3 +371,32 @@ def test_every_code_is_documented_with_an_example():
         section = re.search(rf"^## {code} {re.escape(check.name)}\n(.*?)(?=^## |\Z)", doc, re.M | re.S)
         assert section, f"{code} {check.name} is not documented in docs/checks.md"
         assert "```" in section.group(1), f"{code} has no example output"
+
+
+def test_pool_sized_to_smt_siblings(tmp_path):
+    from threadguard.doctor import capacity
+    from threadguard.pools import Pool
+    from threadguard.report import Report
+    topo = threadguard.topology(fsroot=machine(tmp_path, 16, smt=2))  # 8 cores x 2 threads
+    census = threadguard.census(interval=0.01)
+    def report(size):
+        return Report(pid=os.getpid(), topology=topo, census=census, attribution=None,
+                      runtimes=(), runtimes_order_source=None, ld_preload=None,
+                      pools=(Pool("openblas", "blas", size, "/x/libopenblas.so"),))
+    assert "TG306" in {f.code for f in capacity.check_process(report(16))}
+    assert "TG306" not in {f.code for f in capacity.check_process(report(8))}
+
+
+def test_a_dying_command_has_its_stderr_classified():
+    code = ("import sys; sys.stderr.write('OMP: Error #15: Initializing libiomp5.so, but found "
+            "libomp.so.5 already initialized.\\nOMP: Hint: This means that...\\n'); sys.exit(3)")
+    out = doctor("--json", "--", sys.executable, "-c", code)
+    data = json.loads(out.stdout)
+    assert data["command_status"] == 3 and "TG401" in json_codes(out) and out.returncode == 1
+    assert "OMP: Error #15" in out.stderr  # passed through as it ran
+
+
+def test_json_lists_the_shipped_runtimes():
+    data = json.loads(doctor("--json").stdout)
+    names = {(r["name"], r["distribution"]) for r in data["shipped_runtimes"]}
+    assert ("libgomp", "scikit-learn") in names

@@ -64,19 +64,24 @@ def doctor(target: str = "environment", *, value=None, interval: float = 0.5) ->
     from . import targets
 
     extra: dict = {"target": {"kind": target, "value": value}}
+    from ..runtime_libs import shipped_runtimes
+    shipped = shipped_runtimes()
+    extra["shipped_runtimes"] = [{"kind": r.kind, "name": r.name, "path": r.path,
+                                  "distribution": r.distribution} for r in shipped]
     if target == "environment":
         topo = read_topology()
         report = Report(pid=os.getpid(), topology=topo, census=None, attribution=None,
                         runtimes=(), runtimes_order_source=None, ld_preload=None, pools=())
-        found = diagnose(topology=topo)
+        found = diagnose(topology=topo, shipped=shipped)
     elif target == "import":
         report, provider = targets.inspect_imports(value, interval)
-        found = diagnose(report=report, gomp_provider=provider)
+        found = diagnose(report=report, gomp_provider=provider, shipped=shipped)
     elif target == "pid":
         report, provider = targets.inspect_pid(value, interval)
         from ..inspection import _environ_of
         environ, _ = _environ_of(value)
-        found = diagnose(report=report, gomp_provider=provider, environ=environ or {})
+        found = diagnose(report=report, gomp_provider=provider, environ=environ or {},
+                         shipped=shipped)
     elif target == "command":
         report, stderr, status, provider = targets.run_command(value, interval)
         extra["command_status"] = status
@@ -85,7 +90,7 @@ def doctor(target: str = "environment", *, value=None, interval: float = 0.5) ->
             report = Report(pid=0, topology=topo, census=None, attribution=None, runtimes=(),
                             runtimes_order_source=None, ld_preload=None, pools=(),
                             notes=("the command ended before it could be sampled",))
-        found = diagnose(report=report, stderr=stderr, gomp_provider=provider)
+        found = diagnose(report=report, stderr=stderr, gomp_provider=provider, shipped=shipped)
     else:
         raise ValueError(f"unknown doctor target {target!r}")
     return replace(report, findings=tuple(found)), extra
