@@ -87,3 +87,15 @@ def test_gunicorn_post_fork_gives_each_worker_its_share():
     for answer in seen.values():
         assert answer["omp"] == str(SHARE)
         assert set(answer["pools"]) == {SHARE}
+
+
+@pytest.mark.slow
+def test_pytest_suite_example_under_xdist():
+    out = subprocess.run([sys.executable, "-m", "pytest", "--threadguard", "-n", "2", "-p",
+                          "no:cacheprovider", "-o", "addopts=", "examples/pytest_suite"],
+                         capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert f"budget: gw0: {SHARE} thread(s)" in out.stdout
+    assert f"budget: gw1: {SHARE} thread(s)" in out.stdout
+    assert re.search(r"test_leaks_a_python_thread\s+thread leak\s+python\s+1\s+forgotten-worker",
+                     out.stdout)

@@ -87,3 +87,25 @@ def restore_all(variables: tuple[Variable, ...], before: tuple) -> None:
             else:
                 os.putenv(key, value)
                 data[key] = value
+
+
+def snapshot() -> dict:
+    """The whole environment as stored (cheap to copy and compare)."""
+    return dict(_data) if _fast else dict(os.environ)
+
+
+def changed_since(before: dict, ignore=()) -> list[str]:
+    """Names whose value differs from ``before`` (added, removed or changed)."""
+    now = _data if _fast else os.environ
+    skip = {encode(name) for name in ignore}
+    if skip:
+        before = dict(before)
+        for key in skip:
+            if key in now:
+                before[key] = now[key]
+            else:
+                before.pop(key, None)
+    if now == before:
+        return []
+    keys = {k for k in set(now) | set(before) if now.get(k) != before.get(k) and k not in skip}
+    return sorted(os.fsdecode(k) if isinstance(k, bytes) else k for k in keys)

@@ -132,13 +132,18 @@ def check_mixed_pools(report) -> list:
         if owner:
             threads[owner.pool] = threads.get(owner.pool, 0) + 1
             active[owner.pool] = active.get(owner.pool, 0) + int(t.active)
-    tbb = threads.get("tbb", 0)
+    tbb = threads.get("tbb", 0) + threads.get("openvino", 0)
     omp = sum(n for pool, n in threads.items() if pool.startswith("openmp:"))
+    omp_loaded = [r for r in report.runtimes if r.kind == "openmp"]
     busy = (report.census.cpu_used or 0) >= 0.5 or any(active.values())
-    if tbb and omp and busy:
-        return [finding("TG110", f"TBB ({tbb} workers) and OpenMP ({omp} workers) pools in one "
-                        "busy process", [f"{pool}: {n} threads, {active.get(pool, 0)} active"
-                                         for pool, n in sorted(threads.items())],
+    # An OpenMP runtime's workers come and go with its parallel regions: a
+    # loaded runtime in a busy process counts even between two regions.
+    if tbb and (omp or omp_loaded) and busy:
+        return [finding("TG110", f"TBB ({tbb} threads) and OpenMP ({omp} workers now, "
+                        f"{len(omp_loaded)} runtime(s) loaded) in one busy process",
+                        [f"{pool}: {n} threads, {active.get(pool, 0)} active"
+                         for pool, n in sorted(threads.items())]
+                        + [f"OpenMP loaded: {r.path}" for r in omp_loaded],
                         "export OMP_WAIT_POLICY=PASSIVE, and give each pool its share: "
                         "with threadguard.budget(): ...")]
     return []

@@ -1,0 +1,153 @@
+"""The pytest plugin, on real pytest runs (pytester, in subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+import threadguard
+
+CPUS = threadguard.topology().effective_cpus
+
+SUITE = """
+import os, subprocess, sys, threading
+import pytest
+
+def test_leaks_a_python_thread():
+    threading.Thread(target=threading.Event().wait, args=(30,), name="forgotten", daemon=True).start()
+
+def test_clean():
+    assert True
+
+def test_child_process_sees_the_budget():
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('OMP_NUM_THREADS'))"],
+                         capture_output=True, text=True).stdout.strip()
+    assert out == str(os.environ.get("OMP_NUM_THREADS"))
+"""
+
+
+def run(pytester, *args):
+    # A subprocess: the plugin changes process-wide limits and variables.
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+
+
+def table(result) -> list[list[str]]:
+    lines = result.stdout.lines
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("test ") and "what" in line)
+    except StopIteration:
+        return []
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith("="):
+            break
+        rows.append(re.split(r"\s{2,}", line.strip()))
+    return rows
+
+
+def test_inactive_unless_enabled(pytester):
+    pytester.makepyfile(SUITE)
+    result = run(pytester)
+    result.assert_outcomes(passed=3)
+    text = result.stdout.str()
+    assert "= threadguard =" not in text and "thread(s) per worker" not in text
+
+
+def test_python_thread_leak_is_tabled_with_its_name(pytester):
+    pytester.makepyfile(SUITE)
+    result = run(pytester, "--threadguard")
+    result.assert_outcomes(passed=3)
+    rows = table(result)
+    assert [r[1:4] for r in rows] == [["thread leak", "python", "1"]], result.stdout.str()
+    assert rows[0][0].endswith("test_leaks_a_python_thread") and rows[0][4] == "forgotten"
+    result.stdout.fnmatch_lines([f"threadguard: {max(1, CPUS)} thread(s) per worker*"])
+
+
+def test_strict_turns_findings_into_failures(pytester):
+    pytester.makepyfile(SUITE)
+    result = run(pytester, "--threadguard", "--threadguard-strict")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*threadguard: thread leak: python 1 forgotten*"])
+
+
+def test_native_pool_started_in_a_test_is_a_leak(pytester):
+    pytester.makepyfile("""
+        def test_starts_openblas():
+            import numpy as np  # OpenBLAS starts its workers when it is loaded
+            np.ones((100, 100)) @ np.ones((100, 100))
+    """)
+    result = run(pytester, "--threadguard", "--threadguard-threads", "2")
+    rows = table(result)
+    assert ["thread leak", "openblas"] == rows[0][1:3], result.stdout.str()
+
+
+def test_resized_pool_and_changed_environment(pytester):
+    pytester.makepyfile("""
+        import os, numpy
+        from threadpoolctl import threadpool_limits
+        def test_resizes():
+            threadpool_limits(4)  # never restored
+        def test_sets_a_variable():
+            os.environ["LEFT_BEHIND"] = "1"
+    """)
+    result = run(pytester, "--threadguard", "--threadguard-threads", "1")
+    rows = {(r[1], r[2]): r for r in table(result)}
+    assert rows[("pool resized", "openblas")][3] == "4"
+    assert "LEFT_BEHIND" in rows[("environment changed", "-")][-1]
+
+
+def test_marker_and_fixtures(pytester):
+    pytester.makepyfile("""
+        import threading, pytest
+        @pytest.mark.threadguard(max_threads=1, leaks="ignore")
+        def test_marked(thread_budget):
+            assert thread_budget.threads == 1
+            threading.Thread(target=threading.Event().wait, args=(30,), daemon=True).start()
+        def test_census(thread_census):
+            t = threading.Thread(target=threading.Event().wait, args=(30,), name="seen", daemon=True)
+            t.start()
+            assert [x.tid for x in thread_census.new_threads()] == [t.native_id]
+    """)
+    result = run(pytester, "--threadguard", "--threadguard-leaks", "warn")
+    result.assert_outcomes(passed=2)
+    rows = table(result)
+    assert len(rows) == 1 and rows[0][0].endswith("test_census")
+
+
+def test_budget_is_applied_before_test_modules_import(pytester):
+    pytester.makepyfile("""
+        import numpy  # imported at collection, inside the session's budget
+        from threadpoolctl import threadpool_info
+        SIZES = [i["num_threads"] for i in threadpool_info()]
+        def test_sizes():
+            assert SIZES and all(n == 1 for n in SIZES)
+    """)
+    run(pytester, "--threadguard", "--threadguard-threads", "1").assert_outcomes(passed=1)
+
+
+def test_ini_enables_it_and_writes_the_json_report(pytester):
+    pytester.makeini("[pytest]\nthreadguard = true\nthreadguard_report = tg.json\n")
+    pytester.makepyfile(SUITE)
+    run(pytester).assert_outcomes(passed=3)
+    data = json.loads((pytester.path / "tg.json").read_text())
+    assert data["schema"] == "threadguard.pytest/1"
+    assert [f["what"] for f in data["findings"]] == ["thread leak"]
+
+
+def test_bad_settings_are_usage_errors(pytester):
+    pytester.makepyfile(SUITE)
+    result = run(pytester, "--threadguard", "--threadguard-leaks", "sometimes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--threadguard-leaks must be one of fail, warn, ignore*"])
+
+
+@pytest.mark.slow
+def test_each_xdist_worker_gets_its_share(pytester):
+    pytester.makepyfile(SUITE)
+    result = run(pytester, "--threadguard", "-n", "2")
+    result.assert_outcomes(passed=3)
+    share = max(1, CPUS // 2)
+    result.stdout.fnmatch_lines([f"budget: gw0: {share} thread(s)", f"budget: gw1: {share} thread(s)"])
