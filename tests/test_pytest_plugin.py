@@ -151,3 +151,15 @@ def test_each_xdist_worker_gets_its_share(pytester):
     result.assert_outcomes(passed=3)
     share = max(1, CPUS // 2)
     result.stdout.fnmatch_lines([f"budget: gw0: {share} thread(s)", f"budget: gw1: {share} thread(s)"])
+
+
+def test_affinity_left_changed(pytester):
+    pytester.makepyfile("""
+        import os
+        def test_pins_itself():
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    """)
+    result = run(pytester, "--threadguard")
+    rows = table(result)
+    assert [r[1] for r in rows] == ["affinity changed"], result.stdout.str()
+    assert "->" in rows[0][-1]
