@@ -99,6 +99,7 @@ def _always_set() -> tuple[str, ...]:
 
 
 _ENV_NAMES = _always_set()
+_ENV_ENTRY = object()  # marks the environment's raw entry in a report
 _ENV = tuple(_env.Variable(name) for name in _ENV_NAMES)
 # Set only when present: an exported OPENBLAS_NUM_THREADS=8 would beat OMP_NUM_THREADS.
 _ENV_IF_SET = tuple(_env.Variable(name) for name in FALLS_BACK_TO_OMP)
@@ -224,7 +225,16 @@ class budget:
 
     def report(self) -> list[Applied]:
         """What the last entry applied to which library or setting."""
-        return [a if isinstance(a, Applied) else Applied(*a) for a in self._applied]
+        out = []
+        for a in self._applied:
+            if a[0] is _ENV_ENTRY:
+                _, before, before_if_set, value = a
+                names = _ENV_NAMES + tuple(v.name for v, old in zip(_ENV_IF_SET, before_if_set)
+                                           if old)
+                a = ("environment", _limiters.PROCESS, _env_report(before), str(value),
+                     "applied", None, " ".join(names))
+            out.append(a if isinstance(a, Applied) else Applied(*a))
+        return out
 
     # -- entering and leaving ---------------------------------------------
     def __enter__(self) -> "budget":
@@ -297,7 +307,10 @@ class budget:
                 if lim not in saved:
                     saved[lim] = lim.get()
                 lim.set(value)
-                after = lim.get()
+                # Read back once per value: a library that refuses does so the first time.
+                after = value if value in lim.accepted else lim.get()
+                if after == value:
+                    lim.accepted.add(value)
             except Exception as err:  # a library that refuses is reported, not fatal
                 if applied is not None:
                     applied.append((lim.name, lim.scope, saved.get(lim), None, "refused",
@@ -317,11 +330,8 @@ class budget:
             if "env" not in saved:
                 saved["env"] = before
                 saved["env_if_set"] = before_if_set
-            if applied is not None:
-                names = _ENV_NAMES + tuple(v.name for v, old in zip(_ENV_IF_SET,
-                                                                    saved["env_if_set"]) if old)
-                applied.append(("environment", _limiters.PROCESS, _env_report(saved["env"]),
-                                str(value), "applied", None, " ".join(names)))
+            if applied is not None:  # formatted only if report() is asked for
+                applied.append((_ENV_ENTRY, saved["env"], saved["env_if_set"], value))
             if _registry.tbb_with_openmp and "wait" not in saved and _WAIT_POLICY.get_raw() is None:
                 saved["wait"] = None
                 _WAIT_POLICY.set_raw(_env.encode("PASSIVE"))
@@ -355,7 +365,9 @@ class budget:
             try:
                 before = lim.get()
                 lim.set(grant)
-                after = lim.get()
+                after = grant if grant in lim.accepted else lim.get()
+                if after == grant:
+                    lim.accepted.add(grant)
             except Exception as err:
                 applied.append((lim.name, lim.scope, None, None, "refused", lim.path,
                                 f"{type(err).__name__}: {err}"))

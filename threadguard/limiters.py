@@ -23,7 +23,7 @@ import itertools
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 PROCESS, THREAD = "process", "thread"
@@ -41,6 +41,7 @@ class Limiter:
     get: Callable[[], int | None]
     set: Callable[[int], object]
     note: str | None = None
+    accepted: set = field(default_factory=set)  # values a read-back confirmed once
 
 
 def _c_get(fn) -> Callable[[], int | None]:
