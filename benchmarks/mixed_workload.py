@@ -178,7 +178,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0, help="work per task")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--run", choices=("unguarded", "guarded"),
+                        help="run the thread-pool program once, as it is or guarded "
+                             "(for threadguard record), instead of the comparison")
     args = parser.parse_args()
+    if args.run:
+        cpus = threadguard.topology().effective_cpus
+        seconds = run_threads(tasks(args.scale), args.run == "guarded", cpus)
+        print(f"threads, {args.run}: {seconds:.2f} s")
+        return
     cpus = threadguard.topology().effective_cpus
     work = tasks(args.scale)
     run_serial_single_threaded(tasks(0.05))  # warm-up: compile, load, fault in

@@ -73,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                      help="run a command and sample it while it runs")
 
+    rec = sub.add_parser("record", help="sample a process's threads into a trace and a plot",
+                         description="Writes trace.json (Perfetto/chrome://tracing), "
+                                     "timeline.png, timeline.svg and summary.json.")
+    rec.add_argument("-o", "--output", default="threadguard-record", help="output directory")
+    rec.add_argument("--hz", type=_bounded(float, 0, 1000, "hz must be above 0 and at most 1000",
+                                           low_open=True), default=20.0)
+    rec.add_argument("--pid", type=_pid, help="the process to record (with --seconds)")
+    rec.add_argument("--seconds", type=_seconds, help="how long (default: until the command ends)")
+    rec.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    wat = sub.add_parser("watch", help="a live view of a process's threads and pools")
+    wat.add_argument("target", nargs=argparse.REMAINDER, metavar="PID | -- CMD ...",
+                     help="a running process, or a command to start and watch")
+
     topo = sub.add_parser("topology", help="the machine: sockets, NUMA, cores, limits")
     topo.add_argument("--json", action="store_true", help="print JSON")
     topo.add_argument("--fsroot", type=_fsroot,
@@ -223,7 +237,73 @@ def _cmd_doctor(args) -> int:
     return EXIT_FINDINGS if any(RANK[f.severity] >= floor for f in report.findings) else EXIT_OK
 
 
-COMMANDS = {"doctor": _cmd_doctor, "topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run,
+def _target(args, cmd):
+    if cmd and getattr(args, "pid", None):
+        raise ValueError("give a PID or -- CMD, not both")
+    if not cmd and not getattr(args, "pid", None):
+        raise ValueError("give a PID (--pid for record) or -- CMD ...")
+
+
+def _cmd_record(args) -> int:
+    from .record import record
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    _target(args, cmd)
+    if args.pid and args.seconds is None:
+        raise ValueError("--pid needs --seconds")
+    shown = {"n": 0}
+
+    def progress(sample):
+        shown["n"] += 1
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rrecording {sample.t:6.1f}s, {len(sample.states)} threads, "
+                             f"{shown['n']} samples  (Ctrl-C ends it, files are still written)")
+            sys.stderr.flush()
+    try:
+        rec, paths, status = record(pid=args.pid, cmd=cmd or None, seconds=args.seconds,
+                                    hz=args.hz, out_dir=args.output, progress=progress)
+    except ImportError as err:
+        print(f"threadguard: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    from .watch import summary
+    print(summary(rec))
+    for path in paths:
+        print(f"wrote {path}")
+    return status if status is not None else EXIT_OK
+
+
+def _cmd_watch(args) -> int:
+    import subprocess
+
+    from .watch import watch
+
+    target = args.target
+    if target[:1] == ["--"] and len(target) > 1:
+        cmd, pid = target[1:], None
+    elif len(target) == 1:
+        cmd, pid = [], _pid(target[0]) if target[0].isdigit() else None
+        if pid is None:
+            raise ValueError(f"not a process id: {target[0]!r} (a command goes after --)")
+    else:
+        raise ValueError("give a PID or -- CMD ...")
+    args.pid = pid
+    proc = subprocess.Popen(cmd) if cmd else None
+    try:
+        print(watch(proc.pid if proc else args.pid,
+                    stop=(lambda: proc.poll() is not None) if proc else None))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+    return EXIT_OK
+
+
+COMMANDS = {"doctor": _cmd_doctor, "record": _cmd_record, "watch": _cmd_watch, "topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run,
             "bench-openvino": _cmd_bench_openvino}
 
 
