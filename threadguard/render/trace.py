@@ -8,7 +8,7 @@ active threads and the CPUs the process may use.
 
 from __future__ import annotations
 
-from ..sampler import Recording, SLEEPING
+from ..sampler import SLEEPING, Recording
 
 
 def trace_events(rec: Recording) -> dict:
@@ -26,10 +26,10 @@ def trace_events(rec: Recording) -> dict:
 
     def close(tid):
         state, start, end = open_slices.pop(tid)
-        if state != SLEEPING:  # sleeping is the track's background
-            events.append({"ph": "X", "pid": rec.pid, "tid": tid, "name": state,
-                           "cat": rec.pools.get(tid, "other"), "ts": round(start * us, 1),
-                           "dur": round((end - start) * us, 1)})
+        events.append({"ph": "X", "pid": rec.pid, "tid": tid, "name": state,
+                       "cat": rec.pools.get(tid, "other"), "ts": round(start * us, 1),
+                       "dur": round((end - start) * us, 1),
+                       **({"cname": "grey"} if state == SLEEPING else {})})
 
     for sample in rec.samples:
         start = sample.t - sample.dt
