@@ -246,3 +246,14 @@ report(pools={{p.library: [p.num_threads, list(p.notes)] for p in r.pools}},
     assert facts["runtimes"][-2:] == ["libiomp5", "libomp"]
     assert facts["pools"]["libiomp5"][0] >= 1
     assert facts["pools"]["libomp"][0] is None and "abort" in facts["pools"]["libomp"][1][0]
+
+
+@pytest.mark.live
+def test_openblas_size_of_another_process_is_read_from_its_memory():
+    code = "import numpy as np\nnp.ones((50, 50)) @ np.ones((50, 50))\nreport()"
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "1"}) as child:
+        one = {p.library: p for p in threadguard.inspect(child.pid, interval=0.01).pools}
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "2"}) as child:
+        two = {p.library: p for p in threadguard.inspect(child.pid, interval=0.01).pools}
+    assert one["openblas"].num_threads == 1 and two["openblas"].num_threads == 2
+    assert two["openblas"].source == "blas_cpu_number in memory"

@@ -45,10 +45,32 @@ def _environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
     return env, None
 
 
-def _pools_of_other_process(runtimes) -> list[Pool]:
+def _openblas_size(pid: int, libs, path: str) -> int | None:
+    """OpenBLAS's ``blas_cpu_number`` (its configured threads), read from the
+    process's memory: the library exports it."""
+    import struct
+
+    from . import _procmem
+    lib = next((lib for lib in libs.libraries if lib.path == path and lib.dynamic), None)
+    if lib is None or not _procmem.SUPPORTED:
+        return None
+    try:
+        with _procmem.ProcessMemory(pid) as mem:
+            addr = _procmem.SymbolTable(mem, lib.base, lib.dynamic).lookup("blas_cpu_number")
+            return struct.unpack("<i", mem.read(addr, 4))[0] if addr else None
+    except (OSError, LookupError, struct.error, AccessDenied):
+        return None
+
+
+def pools_of_other_process(pid: int, runtimes, libs) -> list[Pool]:
+    """Pools seen from outside: one per runtime; sizes where memory tells them."""
     pools = []
     for r in runtimes:
         library = r.name if r.kind != "tbb" else "tbb"
+        size = _openblas_size(pid, libs, r.path) if r.name == "openblas" else None
+        if size is not None:
+            pools.append(Pool(library, r.kind, size, r.path, source="blas_cpu_number in memory"))
+            continue
         pools.append(Pool(library, r.kind, None, r.path, source="unknown", notes=(
             "the configured size is readable only inside the process; threads_observed "
             "counts the threads it created",)))
@@ -114,7 +136,7 @@ def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
     if target == os.getpid():
         pools = detect_pools()
     else:
-        pools = _pools_of_other_process(runtimes)
+        pools = pools_of_other_process(target, runtimes, libs)
     pools = _count_observed(pools, attribution)
     return Report(pid=target, topology=topology, census=census, attribution=attribution,
                   runtimes=runtimes, runtimes_order_source=libs.order_source,

@@ -17,6 +17,19 @@ from collections import defaultdict
 from .sampler import RUNNABLE, SLEEPING, Sampler
 
 
+def configured_sizes(pid: int) -> dict[str, int]:
+    """Pool sizes that can be read from outside the process (OpenBLAS's)."""
+    try:
+        from .inspection import pools_of_other_process
+        from .libraries import loaded_libraries
+        from .runtime_libs import loaded_runtimes
+        libs = loaded_libraries(pid)
+        pools = pools_of_other_process(pid, loaded_runtimes(libraries=libs), libs)
+    except Exception:  # gone or unreadable: the column shows "?"
+        return {}
+    return {p.library: p.num_threads for p in pools if p.num_threads is not None}
+
+
 def _pool_rows(sampler, sample):
     rows = defaultdict(lambda: [0, 0, 0.0, 0.0])  # threads, busy, cpu, delay
     for tid, (state, cpu, delay) in sample.states.items():
@@ -54,10 +67,13 @@ def _view(sampler, sample):
     head = Text(f"process {sampler.pid}  {busy} busy threads / {cpus} CPUs  "
                 f"run-delay {delay:.2f}  ", style="bold")
     pools = Table(box=None)
-    for col in ("pool", "threads", "busy", "CPU %", "waiting %"):
+    for col in ("pool", "configured", "threads seen", "busy", "CPU %", "waiting %"):
         pools.add_column(col, justify="left" if col == "pool" else "right")
+    configured = getattr(sampler, "configured", {})
     for pool, (n, b, cpu, d) in _pool_rows(sampler, sample):
-        pools.add_row(pool, str(n), str(b), f"{cpu * 100:.0f}", f"{d * 100:.0f}")
+        size = configured.get(pool)
+        pools.add_row(pool, "?" if size is None else str(size), str(n), str(b),
+                      f"{cpu * 100:.0f}", f"{d * 100:.0f}")
     top = Table(box=None, title="busiest threads", title_justify="left")
     for col in ("tid", "name", "pool", "state", "CPU %"):
         top.add_column(col)
@@ -83,6 +99,7 @@ def summary(rec) -> str:
 def watch(pid: int, *, hz: float = 2.0, stream=None, stop=None) -> str:
     stream = stream or sys.stdout
     sampler = Sampler(pid, hz)
+    sampler.configured = configured_sizes(pid)
     if not stream.isatty():
         sampler.run(None, on_sample=lambda s: (stream.write(plain_line(sampler, s) + "\n"),
                                                stream.flush()), stop=stop)
