@@ -20,9 +20,17 @@ PROBE = ("import json, os; print(json.dumps({'omp': os.environ.get('OMP_NUM_THRE
          "'preload': os.environ.get('LD_PRELOAD')}))")
 
 
+def clean_env(**extra):
+    """This environment without thread variables another test or tool left set."""
+    from threadguard.planner import FALLS_BACK_TO_OMP, THREAD_VARIABLES
+    env = {k: v for k, v in os.environ.items()
+           if k not in THREAD_VARIABLES + FALLS_BACK_TO_OMP + ("LD_PRELOAD",)}
+    return dict(env, PYTHONPATH=str(ROOT), **extra)
+
+
 def run(*args, **kw):
     return subprocess.run([sys.executable, "-m", "threadguard", "run", *args], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), **kw)
+                          text=True, env=clean_env(), **kw)
 
 
 def test_command_gets_variables_and_pinning():
@@ -87,7 +95,7 @@ def test_latency_dry_run_on_a_two_socket_machine(tmp_path):
     out = subprocess.run([sys.executable, "-m", "threadguard", "run", "--dry-run", "--mode",
                           "latency", "--", "benchmark_app", "-m", "model.xml"],
                          capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT), THREADGUARD_FSROOT=str(root)))
+                         env=clean_env(THREADGUARD_FSROOT=str(root)))
     assert out.returncode == 0, out.stderr
     assert "numactl -m 0 --physcpubind 0-27 benchmark_app -m model.xml" in out.stdout
     assert "OMP_NUM_THREADS=28" in out.stdout

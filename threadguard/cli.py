@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated modules (or shared-library paths) to load in a "
                            "child process and inspect, in that order")
     what.add_argument("--pid", type=_pid, help="inspect this running process")
+    what.add_argument("--dask", metavar="ADDRESS",
+                      help="report a Dask cluster by host (tcp://SCHEDULER:PORT)")
     doc.add_argument("--json", action="store_true", help="print the JSON report with findings")
     doc.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
                      help="exit 1 when a finding reaches this severity (default: error)")
@@ -193,11 +195,52 @@ def _cmd_bench_openvino(args) -> int:
     return EXIT_OK
 
 
+def _doctor_dask(args) -> int:
+    import json
+    try:
+        from distributed import Client
+    except ImportError:
+        print("threadguard: error: --dask needs distributed: pip install distributed",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from .doctor import RANK
+    from .doctor.findings import Finding
+    from .integrations.dask import cluster_report
+    from .render.findings import render_findings
+    try:
+        with Client(args.dask, timeout=10) as client:
+            report = cluster_report(client, interval=args.interval)
+    except (OSError, TimeoutError) as err:
+        print(f"threadguard: error: cannot reach the Dask scheduler at {args.dask}: {err}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    findings = [Finding(f["code"], f["severity"], f["title"], tuple(f["evidence"]), f["fix"])
+                for f in report["findings"]]
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        for host, h in report["hosts"].items():
+            print(f"host {host}: {h['cpus']} CPUs, {len(h['workers'])} workers, "
+                  f"{h['threads_demanded']} threads demanded")
+            for address, w in h["workers"].items():
+                tg = w["threadguard"]
+                print(f"  {address}: {w['nthreads']} task threads, pools "
+                      f"{[p['num_threads'] for p in w['pools']]}, run-delay "
+                      f"{w['run_delay_ratio']:.2f}, budget "
+                      f"{tg['threads_per_task'] if tg else 'none (no plugin)'}")
+        render_findings(findings, target=f"Dask cluster {args.dask}")
+    if args.fail_on == "never":
+        return EXIT_OK
+    return EXIT_FINDINGS if any(RANK[f.severity] >= RANK[args.fail_on] for f in findings) else EXIT_OK
+
+
 def _cmd_doctor(args) -> int:
     from .doctor import RANK, doctor
     from .render.findings import render_findings
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if args.dask:
+        return _doctor_dask(args)
     if cmd and (args.imports or args.pid):
         print("threadguard: error: give one target: --import, --pid or -- CMD", file=sys.stderr)
         return EXIT_USAGE

@@ -88,6 +88,10 @@ CATALOG: dict[str, Check] = {c.code: c for c in (
           "A compute pool is sized to hardware threads, not physical cores."),
     Check("TG307", WARNING, "openvino-over-budget",
           "An OpenVINO compiled model runs more threads than the process has CPUs."),
+    # clusters
+    Check("TG501", WARNING, "host-oversubscribed-by-workers",
+          "The workers on one host can run more threads (task threads x pool sizes) than the "
+          "host has CPUs, even if each worker alone fits."),
     # messages seen on stderr
     Check("TG401", ERROR, "omp-error-15",
           "OMP: Error #15: a second OpenMP runtime initialized beside the first."),

@@ -1,0 +1,123 @@
+"""The Dask integration on real LocalClusters of worker processes (loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402
+
+import threadguard  # noqa: E402
+from threadguard.integrations import dask as tg_dask  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.live]
+ROOT = Path(__file__).parents[1]
+CPUS = threadguard.topology().effective_cpus
+
+
+@contextmanager
+def cluster(threads_per_worker=1, nanny_environ=None):
+    config = {} if nanny_environ is None else {"distributed.nanny.pre-spawn-environ": nanny_environ}
+    saved = dict(os.environ)  # the nannies run here and set their variables in os.environ
+    try:
+        with dask.config.set(config):
+            with distributed.LocalCluster(n_workers=2, processes=True,
+                                          threads_per_worker=threads_per_worker,
+                                          dashboard_address=None, host="127.0.0.1") as c:
+                with distributed.Client(c, timeout=60) as client:
+                    yield c, client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def probe():
+    import numpy as np
+    from threadpoolctl import threadpool_info
+    np.ones((100, 100)) @ np.ones((100, 100))
+    return [i["num_threads"] for i in threadpool_info()], os.environ.get("OMP_NUM_THREADS")
+
+
+def test_each_worker_gets_its_share_and_teardown_restores():
+    with cluster(nanny_environ={}) as (_, client):
+        before = client.run(probe)
+        tg_dask.register(client)
+        capped = client.run(probe)
+        client.unregister_worker_plugin("threadguard")
+        after = client.run(probe)
+    share = max(1, CPUS // 2)
+    assert len(capped) == 2
+    assert all(pools and set(pools) == {share} and omp == str(share) for pools, omp in capped.values())
+    assert after == before
+
+
+def test_cluster_report_lists_workers_with_budgets_and_flags_unguarded_hosts():
+    with cluster(threads_per_worker=2, nanny_environ={}) as (_, client):
+        client.run(probe)  # OpenBLAS loaded, at its default size
+        unguarded = tg_dask.cluster_report(client)
+        tg_dask.register(client)
+        guarded = tg_dask.cluster_report(client)
+    (host,) = unguarded["hosts"].values()
+    assert len(host["workers"]) == 2
+    if CPUS >= 2:  # 2 workers x 2 task threads x OpenBLAS sized to the CPUs
+        assert [f["code"] for f in unguarded["findings"]] == ["TG501"]
+        assert "without the plugin" in unguarded["findings"][0]["evidence"][-1]
+    (host,) = guarded["hosts"].values()
+    assert all(w["threadguard"]["threads_per_task"] >= 1 for w in host["workers"].values())
+    assert all(p["num_threads"] == 1 for w in host["workers"].values() for p in w["pools"]) \
+        or CPUS > 2
+    if 4 > CPUS:  # pools now at 1: what is left is Dask's own task threads, and it says so
+        assert "threads_per_worker" in guarded["findings"][0]["fix"]
+
+
+def test_a_guarded_cluster_that_fits_is_silent():
+    with cluster(threads_per_worker=1, nanny_environ={}) as (_, client):
+        client.run(probe)
+        tg_dask.register(client)
+        assert tg_dask.cluster_report(client)["findings"] == []
+
+
+def test_dasks_own_variables_are_read_and_not_raised():
+    # By default the nanny starts workers with OMP_NUM_THREADS=1 and friends.
+    with cluster(threads_per_worker=1) as (_, client):
+        tg_dask.register(client)
+        facts = tg_dask.cluster_report(client)
+    for w in next(iter(facts["hosts"].values()))["workers"].values():
+        assert w["threadguard"]["set_by_dask"].get("OMP_NUM_THREADS") == "1"
+        assert w["threadguard"]["threads_per_task"] == 1
+
+
+def test_doctor_dask_command_line():
+    with cluster(threads_per_worker=2, nanny_environ={}) as (c, client):
+        client.run(probe)
+        out = subprocess.run([sys.executable, "-m", "threadguard", "doctor", "--dask",
+                              c.scheduler_address, "--json", "--fail-on", "warning"],
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    report = json.loads(out.stdout)
+    assert len(next(iter(report["hosts"].values()))["workers"]) == 2
+    assert out.returncode == (1 if CPUS >= 2 else 0)
+
+
+def test_doctor_dask_unreachable_scheduler_exits_2():
+    out = subprocess.run([sys.executable, "-m", "threadguard", "doctor", "--dask",
+                          "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 2 and "cannot reach the Dask scheduler" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_example_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "dask_cluster.py")],
+                         capture_output=True, text=True, timeout=180, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT), CI="true"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("budget 1 thread(s) per task") == 2 or CPUS > 2
+    assert "findings: none" in out.stdout

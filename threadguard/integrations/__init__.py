@@ -1,0 +1,1 @@
+"""Integrations with engines that run many workers: Dask first."""
