@@ -121,3 +121,20 @@ def test_example_runs():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("budget 1 thread(s) per task") == 2 or CPUS > 2
     assert "findings: none" in out.stdout
+
+
+def test_preload_gives_the_same_share(monkeypatch):
+    monkeypatch.setenv("THREADGUARD_WORKERS_PER_HOST", "2")
+    saved = dict(os.environ)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+            with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                          dashboard_address=None, host="127.0.0.1",
+                                          preload=["threadguard.integrations.dask"]) as c:
+                with distributed.Client(c, timeout=60) as client:
+                    capped = client.run(probe)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    share = max(1, CPUS // 2)
+    assert all(set(pools) == {share} and omp == str(share) for pools, omp in capped.values())

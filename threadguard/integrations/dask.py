@@ -150,3 +150,18 @@ def cluster_report(client, interval: float = 0.5) -> dict:
                 + ([f"without the plugin: {', '.join(unguarded)}"] if unguarded else []),
                 fix))
     return {"hosts": hosts, "findings": [f.to_dict() for f in findings]}
+
+
+def dask_setup(worker):
+    """``dask worker --preload threadguard.integrations.dask``: the plugin from
+    the worker's own start-up. A preloaded worker cannot ask how many workers
+    share its host: ``THREADGUARD_WORKERS_PER_HOST`` says it (default 1)."""
+    count = os.environ.get("THREADGUARD_WORKERS_PER_HOST", "1")
+    try:
+        per_host = max(1, int(count))
+    except ValueError:
+        raise ValueError(f"THREADGUARD_WORKERS_PER_HOST must be a whole number, got {count!r}") \
+            from None
+    plugin = ThreadGuardPlugin({_host_of(worker.address): per_host})
+    plugin.setup(worker)
+    worker._threadguard_plugin = plugin  # torn down with the worker's process
