@@ -306,23 +306,13 @@ class budget:
             try:
                 if lim not in saved:
                     saved[lim] = lim.get()
-                lim.set(value)
-                # Read back once per value: a library that refuses does so the first time.
-                after = value if value in lim.accepted else lim.get()
-                if after == value:
-                    lim.accepted.add(value)
+                after = lim.apply(value)
             except Exception as err:  # a library that refuses is reported, not fatal
                 if applied is not None:
-                    applied.append((lim.name, lim.scope, saved.get(lim), None, "refused",
-                                    lim.path, f"{type(err).__name__}: {err}"))
+                    applied.append(_refused(lim, saved.get(lim), err))
                 continue
             if applied is not None:
-                if after == value:
-                    applied.append((lim.name, lim.scope, saved[lim], after, "applied", lim.path,
-                                    lim.note))
-                else:
-                    applied.append((lim.name, lim.scope, saved[lim], after, "refused", lim.path,
-                                    f"reads back {after}"))
+                applied.append(_outcome(lim, saved[lim], after, value))
         if self.env:
             raw = _encoded(value)
             before = _env.set_all(_ENV, raw)
@@ -359,25 +349,18 @@ class budget:
     def _apply_thread_scope(self, limiters, grant: int, applied) -> None:
         saved = []
         for lim in limiters:
-            if lim.note and lim.note.startswith("not driven"):
-                applied.append((lim.name, lim.scope, None, None, "skipped", lim.path, lim.note))
+            if not lim.driven:
+                applied.append((lim.name, lim.scope, None, None, "skipped", lim.path,
+                                f"not driven: {lim.note}"))
                 continue
             try:
                 before = lim.get()
-                lim.set(grant)
-                after = grant if grant in lim.accepted else lim.get()
-                if after == grant:
-                    lim.accepted.add(grant)
+                after = lim.apply(grant)
             except Exception as err:
-                applied.append((lim.name, lim.scope, None, None, "refused", lim.path,
-                                f"{type(err).__name__}: {err}"))
+                applied.append(_refused(lim, None, err))
                 continue
             saved.append((lim, before))
-            if after == grant:
-                applied.append((lim.name, lim.scope, before, after, "applied", lim.path, lim.note))
-            else:
-                applied.append((lim.name, lim.scope, before, after, "refused", lim.path,
-                                f"reads back {after}"))
+            applied.append(_outcome(lim, before, after, grant))
         self._thread_saved = saved
 
     def _pin(self, plan: Plan, applied) -> None:
@@ -387,6 +370,18 @@ class budget:
                             f"topology read from {topo.fsroot}: not this machine"))
             return
         self._pin_saved = _numa.pin(plan.cpus, plan.memory_nodes, applied)
+
+
+def _outcome(lim, before, after, wanted) -> tuple:
+    """A report row: applied, or refused with what the library reads back."""
+    if after == wanted:
+        return (lim.name, lim.scope, before, after, "applied", lim.path, lim.note)
+    return (lim.name, lim.scope, before, after, "refused", lim.path, f"reads back {after}")
+
+
+def _refused(lim, before, err: Exception) -> tuple:
+    return (lim.name, lim.scope, before, None, "refused", lim.path,
+            f"{type(err).__name__}: {err}")
 
 
 def current_budget() -> budget | None:

@@ -41,7 +41,17 @@ class Limiter:
     get: Callable[[], int | None]
     set: Callable[[int], object]
     note: str | None = None
+    driven: bool = True  # False: never called into (the note says why)
     accepted: set = field(default_factory=set)  # values a read-back confirmed once
+
+    def apply(self, value: int) -> int | None:
+        """Set ``value`` and return what the library now reports, reading it
+        back only the first time for each value: a refusal shows then."""
+        self.set(value)
+        after = value if value in self.accepted else self.get()
+        if after == value:
+            self.accepted.add(value)
+        return after
 
 
 def _c_get(fn) -> Callable[[], int | None]:
@@ -126,8 +136,8 @@ def runtime_limiters() -> list[Limiter]:
             if name in _KMP_FAMILY:
                 if kmp_driven is not None:
                     out.append(Limiter(name, ctrl.filepath, THREAD, lambda: None, lambda n: None,
-                                       note=f"not driven: {kmp_driven} is loaded too and calling "
-                                            "into both can abort the process"))
+                                       note=f"{kmp_driven} is loaded too and calling into both "
+                                            "can abort the process", driven=False))
                     continue
                 kmp_driven = name
             out.append(Limiter(name, ctrl.filepath, THREAD, _c_get(get), _c_set(set_)))

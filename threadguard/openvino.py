@@ -93,7 +93,7 @@ def properties(budget=None, *, mode: str = "latency", device: str = "CPU",
                topology: Topology | None = None) -> dict:
     """The OpenVINO CPU properties for the plan, keyed by the installed
     release's ``openvino.properties`` names."""
-    ov = _ov()
+    _ov()  # a clear error when OpenVINO is not installed
     import openvino.properties as props
     import openvino.properties.hint as hints
     import openvino.properties.streams as streams
@@ -114,7 +114,6 @@ def properties(budget=None, *, mode: str = "latency", device: str = "CPU",
         hint = hints.PerformanceMode.THROUGHPUT
     core_type = (hints.SchedulingCoreType.PCORE_ONLY if plan.core_type == "performance"
                  else hints.SchedulingCoreType.ANY_CORE)
-    del ov
     return {
         props.inference_num_threads(): threads,
         streams.num(): n_streams,

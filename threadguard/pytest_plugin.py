@@ -192,8 +192,7 @@ def _leaked(before_tids: set[str], grace: float) -> set[int]:
     (a thread that ended while another was born is seen by its id)."""
     deadline = time.monotonic() + grace
     while True:
-        new = set(os.listdir("/proc/self/task")) - before_tids \
-            if os.stat("/proc/self/task").st_nlink != len(before_tids) + 2 else set()
+        new = _thread_ids() - before_tids
         if not new or time.monotonic() >= deadline:
             return {int(t) for t in new}
         time.sleep(0.02)
@@ -264,7 +263,7 @@ def pytest_runtest_makereport(item, call):
     from threadguard.guard import _registry
     process, thread = _registry.current()  # with what the test loaded
     for lim in process + thread:
-        if lim.note and lim.note.startswith("not driven"):
+        if not lim.driven:
             continue
         try:
             size = lim.get()

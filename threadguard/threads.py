@@ -92,9 +92,11 @@ def _fd_budget() -> int:
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 65536
     except (ImportError, OSError, ValueError):
         soft = 1024
-    if soft == getattr(__import__("resource"), "RLIM_INFINITY", -1) or soft <= 0:
+    if soft <= 0:
         soft = 65536
     in_use = len(os.listdir("/proc/self/fd"))
     return max(0, (soft - in_use) // 2)

@@ -16,9 +16,9 @@ def detect() -> list[Pool]:
     pools = []
     for lim in runtime_limiters():
         api = "openmp" if lim.name in ("libgomp", "libiomp5", "libomp") else "blas"
-        if lim.note and lim.note.startswith("not driven"):
+        if not lim.driven:
             pools.append(Pool(lim.name, api, None, lim.path, source="not read",
-                              notes=(lim.note.replace("not driven", "size not read"),)))
+                              notes=(f"size not read: {lim.note}",)))
             continue
         notes = (lim.note,) if lim.note else ()
         pools.append(Pool(lim.name, api, lim.get(), lim.path, source="runtime getter",
