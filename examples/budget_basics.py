@@ -27,5 +27,10 @@ with threadguard.budget(1) as b:  # also: @threadguard.budget(1) on a function
 
 print("after: ", pools(), "OMP_NUM_THREADS =", os.environ.get("OMP_NUM_THREADS"))
 
+# Children size themselves as they would without threadguard (joblib/loky keeps
+# its own cpu_count() // n_jobs); env=True also hands them this budget.
+with threadguard.budget(1, env=True):
+    print("env=True:", pools(), "OMP_NUM_THREADS =", os.environ.get("OMP_NUM_THREADS"))
+
 plan = threadguard.budget(mode="latency").plan
 print(f"latency plan here: {plan.threads} threads on CPUs {list(plan.cpus)} ({plan.why})")

@@ -34,7 +34,9 @@ def test_budget_basics():
     before = re.search(r"before: (.*) OMP_NUM_THREADS = (\S+)", out).groups()
     inside = re.search(r"inside: (.*) OMP_NUM_THREADS = (\S+)", out).groups()
     after = re.search(r"after: +(.*) OMP_NUM_THREADS = (\S+)", out).groups()
-    assert inside == ("{'openblas': 1}", "1")
+    exported = re.search(r"env=True: (.*) OMP_NUM_THREADS = (\S+)", out).groups()
+    assert inside == ("{'openblas': 1}", before[1])  # the environment left alone
+    assert exported == ("{'openblas': 1}", "1")
     assert after == before
 
 

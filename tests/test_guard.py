@@ -38,11 +38,14 @@ def test_budget_one_caps_every_pool_and_restores_everything():
 import numpy, ctypes, threadguard
 start_openmp({gomp!r}, 2)
 before = snapshot()
-with threadguard.budget(1) as b:
+with threadguard.budget(1, env=True) as b:
     inside = snapshot()
     applied = [(a.target, a.status) for a in b.report()]
 after = snapshot()
-report(before=before, inside=inside, after=after, applied=applied)
+with threadguard.budget(1):
+    default_env = snapshot()
+report(before=before, inside=inside, after=after, applied=applied, default_env=default_env,
+       final=snapshot())
 """
     with python_child(code, env={"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
                                  "MKL_NUM_THREADS": "3"}) as child:
@@ -52,8 +55,12 @@ report(before=before, inside=inside, after=after, applied=applied)
     assert f["inside"]["env"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                                   "MKL_NUM_THREADS": "1"}
     assert f["inside"]["child_env"] == "1"
-    assert f["after"] == f["before"]
+    assert f["after"] == f["before"] == f["final"]
     assert f["before"]["env"]["MKL_NUM_THREADS"] == "3"
+    # Without env=True children and the environment are left alone.
+    assert f["default_env"]["env"] == f["before"]["env"]
+    assert f["default_env"]["child_env"] == f["before"]["child_env"]
+    assert all(n == 1 for _, _, n in f["default_env"]["pools"])
     assert ("openblas", "applied") in [tuple(a) for a in f["applied"]]
 
 
@@ -62,13 +69,13 @@ def test_restored_on_exceptions_and_as_a_decorator():
 import numpy, threadguard
 before = snapshot()
 try:
-    with threadguard.budget(1):
+    with threadguard.budget(1, env=True):
         raise RuntimeError("boom")
 except RuntimeError:
     pass
 after_error = snapshot()
 
-@threadguard.budget(1)
+@threadguard.budget(1, env=True)
 def work():
     return snapshot()
 inside = work()
@@ -213,7 +220,7 @@ before = numa.get_mempolicy()
 applied = []
 saved = numa.pin(sorted(__import__("os").sched_getaffinity(0)), (0,), applied)
 inside = numa.get_mempolicy()
-numa.unpin(saved)
+numa.release(saved)
 report(before=before, inside=inside, after=numa.get_mempolicy(), applied=[a[4] for a in applied])
 """
     with python_child(code) as child:
@@ -312,7 +319,7 @@ def test_tbb_and_openmp_together_make_children_wait_passively():
 import os, threadguard
 start_openmp({gomp!r}, 2)
 compiled, request = openvino_request(32)  # loads OpenVINO's TBB
-with threadguard.budget(1) as b:
+with threadguard.budget(1, env=True) as b:
     inside = os.environ.get("OMP_WAIT_POLICY")
     noted = [a.note for a in b.report() if a.target == "OMP_WAIT_POLICY"]
 report(inside=inside, after=os.environ.get("OMP_WAIT_POLICY"), noted=noted)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import threadguard
-from threadguard.libraries import ORDER_DL_ITERATE, ORDER_LINK_MAP, ORDER_MAPS, loaded_libraries
+from threadguard.libraries import ORDER_LINK_MAP, ORDER_MAPS, ORDER_SELF, loaded_libraries
 from threadguard.runtime_libs import classify, parse_ld_preload
 from procs import intel_libiomp5, llvm_libomp, python_child, sklearn_libgomp
 
@@ -77,11 +77,25 @@ def test_load_order_is_the_linkers_in_process_and_from_outside(order):
     assert indices == sorted(indices)
 
 
-def test_in_process_uses_dl_iterate_phdr():
-    libs = loaded_libraries()
-    assert libs.order_source == ORDER_DL_ITERATE
-    assert os.path.basename(libs.libraries[0].path).startswith("python") or libs.libraries[0].index == 0
-    assert any("libc.so" in lib.path for lib in libs.libraries)
+def test_in_process_list_is_the_linkers_load_order():
+    # Loaded in a known order (Intel's runtime first, then GNU's), they must be
+    # listed in that order, and the list must equal what another process reads.
+    iomp, gomp = intel_libiomp5(), sklearn_libgomp()
+    code = f"""
+import ctypes, os
+from threadguard.libraries import loaded_libraries
+ctypes.CDLL({iomp!r}); ctypes.CDLL({gomp!r})
+libs = loaded_libraries()
+report(source=libs.order_source, paths=[os.path.realpath(l.path) for l in libs.libraries])
+"""
+    with python_child(code) as child:
+        outside = [os.path.realpath(lib.path) for lib in loaded_libraries(child.pid).libraries]
+        facts = child.facts
+    assert facts["source"] == ORDER_SELF
+    paths = facts["paths"]
+    assert paths.index(os.path.realpath(iomp)) < paths.index(os.path.realpath(gomp))
+    assert any("libc.so" in p for p in paths)
+    assert paths == outside
 
 
 def _drop_ptrace_capability():

@@ -29,24 +29,12 @@ from dataclasses import dataclass
 from . import _procmem
 from ._errors import AccessDenied, NoSuchProcess
 from .libraries import AddressSpace, LoadedLibraries, loaded_libraries, read_maps
-from .runtime_libs import classify
-
-UNATTRIBUTED = "unattributed"
-
-# Library file-name prefixes of pools that are not thread runtimes themselves.
-_OWNER_PREFIXES = (
-    ("libopenvino", "openvino"),
-    ("libc10", "torch"), ("libtorch", "torch"),
-    ("libonnxruntime", "onnxruntime"),
-    ("libopencv", "opencv"), ("cv2", "opencv"),
-    ("libpython", "python"), ("python", "python"),
-)
-
+from .pools import MAIN, PYTHON, UNATTRIBUTED, pool_of_library
 
 @dataclass(frozen=True)
 class ThreadOwner:
     tid: int
-    pool: str  # main | python | openblas | openmp:libgomp | tbb | openvino | torch | other | unattributed
+    pool: str  # a family's pool key (openblas, openmp:libgomp, tbb...), or main | python | other | unattributed
     library: str | None  # the library that created the thread
     method: str  # how it was found
     python_name: str | None = None  # the threading.Thread name, for Python threads
@@ -57,21 +45,6 @@ class Attribution:
     pid: int
     owners: dict[int, ThreadOwner]
     note: str | None = None  # why some or all threads are unattributed
-
-
-def pool_of_library(path: str | None) -> str:
-    """The pool a creating library stands for."""
-    if not path:
-        return "other"
-    found = classify(path)
-    if found is not None:
-        kind, name = found
-        return f"openmp:{name}" if kind == "openmp" else ("tbb" if kind == "tbb" else name)
-    base = os.path.basename(path)
-    for prefix, pool in _OWNER_PREFIXES:
-        if base.startswith(prefix):
-            return pool
-    return "other"
 
 
 class _Layout:
@@ -177,9 +150,9 @@ def attribute_threads(pid: int | None = None, tids=None, *,
         owners = {}
         for tid in tids:
             if tid == pid:
-                owners[tid] = ThreadOwner(tid, "main", None, "main thread", python_names.get(tid))
+                owners[tid] = ThreadOwner(tid, MAIN, None, "main thread", python_names.get(tid))
             elif tid in python_names:
-                owners[tid] = ThreadOwner(tid, "python", None, "Python threading", python_names[tid])
+                owners[tid] = ThreadOwner(tid, PYTHON, None, "Python threading", python_names[tid])
             else:
                 owners[tid] = ThreadOwner(tid, UNATTRIBUTED, None, reason)
         return Attribution(pid, owners, reason)
@@ -195,7 +168,7 @@ def attribute_threads(pid: int | None = None, tids=None, *,
             owners = {}
             for tid in tids:
                 if tid == pid:
-                    owners[tid] = ThreadOwner(tid, "main", None, "main thread",
+                    owners[tid] = ThreadOwner(tid, MAIN, None, "main thread",
                                               python_names.get(tid))
                     continue
                 if tid not in found:
@@ -229,6 +202,6 @@ def _owner(mem, space: AddressSpace, tid: int, start: int, arg: int,
         if creator:
             library, method = creator, "std::thread state vtable"
     pool = pool_of_library(library)
-    if python_name is not None or pool == "python":
-        return ThreadOwner(tid, "python", library, method + " (Python threading)", python_name)
+    if python_name is not None or pool == PYTHON:
+        return ThreadOwner(tid, PYTHON, library, method + " (Python threading)", python_name)
     return ThreadOwner(tid, pool, library, method)

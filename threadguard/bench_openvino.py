@@ -188,10 +188,10 @@ def compare(model_spec: str, mode: str = "latency", load: str = "numpy", seconds
     forced on (to measure it), side by side (one run each)."""
     from rich.progress import Progress
 
-    from .guard import _topology
+    from .guard import current_topology
 
     model = load_model(model_spec)
-    cpus = _topology().effective_cpus
+    cpus = current_topology().effective_cpus
     runs = [("defaults", dict(planned=False)),
             ("plan", dict(planned=True)),
             ("plan+pin", dict(planned=True, pin=True))]

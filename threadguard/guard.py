@@ -1,19 +1,30 @@
 """``budget()``: apply a plan to every pool of this process, and restore it.
 
-The only module that changes the process. Values are recorded before they
-are changed and put back on exit, on exceptions too: pool limits, the
-environment children read, CPU affinity and memory policy.
+The only module that changes the process. Every change goes through the
+ledger: the sections inside now (a stack per Python thread) and the values
+to put back, one record per thing changed, keyed by what it is, a pool
+family and a library's real path, an environment variable, a thread's
+affinity, and never by a Python object, so a rescan that rebuilds the
+limiters cannot lose or overwrite an original (the first value saved wins).
+After each entry or exit the limits are made to follow the ledger
+(``threadguard.shares`` holds the arithmetic), so sections may be nested,
+reused, run in several threads and left in any order, and everything is
+back as it was when the last one leaves, on exceptions too.
 
-The ledger shares the CPUs between Python threads that are inside budget
-sections at the same time: with ``k`` sections active on ``C`` effective
-CPUs each is granted ``C // k`` (at least 1, its own thread). Limits that are
-one value per process (OpenBLAS, MKL, BLIS, OpenCV, torch, the environment)
-follow the smallest current grant at once, so they shrink when a section
-enters and grow back when one leaves. Limits that belong to a thread (an
-OpenMP runtime's nthreads-var, numba) can only be set by that thread: a
-section sets its own at entry, and an entering section is granted no more
-than what the others' thread limits leave; a section already inside keeps
-its thread limit until its next entry.
+What may change mid-section: one-per-process limits (OpenBLAS, MKL, BLIS,
+OpenCV, torch) follow the sections of all threads at once. A thread's own
+limits (OpenMP's nthreads-var, numba) are set by that thread only, at its
+entries and exits. Affinity is the union of the pinned sections' CPUs.
+
+Children: by default a budget exports nothing, so child processes size
+their pools as they would without threadguard (joblib/loky keeps its own
+``cpu_count() // n_jobs``). ``env=True`` also exports the grant in the
+thread variables children read; ``worker_budget`` gives process pools an
+exact share each.
+
+No Python code runs under the loader's lock: the libraries are listed from
+the linker's own list in memory (``threadguard.libraries``). After ``fork``
+the child keeps only the forking thread's sections.
 """
 
 from __future__ import annotations
@@ -23,14 +34,16 @@ import os
 import sys
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import _env
-from . import limiters as _limiters
 from . import numa as _numa
+from . import pools as _pools
+from . import shares as _shares
 from .libraries import linker_generation, loaded_libraries
-from .planner import FALLS_BACK_TO_OMP, Plan, check_count, check_mode, make_plan
+from .limiters import PROCESS, THREAD
 from .machine import Topology, read_topology
+from .planner import FALLS_BACK_TO_OMP, Plan, check_count, check_mode, make_plan
 from .runtime_libs import classify
 
 
@@ -51,43 +64,73 @@ class Applied:
     note: str | None = None
 
 
+# -- what is loaded ------------------------------------------------------------
+
 class _Registry:
     """Limiters for what is loaded, rebuilt only when the linker's list changed
-    (``dl_iterate_phdr``'s adds/subs counters) or a pool-owning module was imported."""
+    or a module that brings a pool was imported. Rebuilt limiters are new
+    objects; the ledger knows them by ``Limiter.key``."""
 
     def __init__(self):
         self.generation = None
         self.modules_key = None
-        self.runtime: list = []
-        self.modules: list = []
         self.split: tuple[tuple, tuple] = ((), ())
         self.tbb_with_openmp = False
+        self.triggers: tuple[str, ...] | None = None
+        self.modules_count = -1
 
     def current(self) -> tuple[tuple, tuple]:
-        """``(process-scope limiters, thread-scope limiters)``."""
+        """``(process-scope limiters, thread-scope limiters)``; may rescan."""
         generation = linker_generation()
         modules = sys.modules
-        key = ("torch" in modules, "cv2" in modules, "numba.np.ufunc.parallel" in modules)
+        key = self.modules_key
+        if len(modules) != self.modules_count:  # an import happened
+            triggers = self.triggers
+            if triggers is None:
+                triggers = self.triggers = _pools.trigger_modules()
+            key = tuple(m in modules for m in triggers)
+            self.modules_count = len(modules)
         if generation != self.generation or key != self.modules_key:
-            if generation != self.generation:
-                self.runtime = _limiters.runtime_limiters()
-                kinds = {k for k, _ in filter(None, (classify(lib.path) for lib in
-                                                     loaded_libraries().libraries))}
-                self.tbb_with_openmp = {"tbb", "openmp"} <= kinds
-            if key != self.modules_key:
-                self.modules = _limiters.module_limiters()
-            self.generation, self.modules_key = generation, key
-            every = self.runtime + self.modules
-            self.split = (tuple(x for x in every if x.scope == _limiters.PROCESS),
-                          tuple(x for x in every if x.scope == _limiters.THREAD))
+            every = _pools.limiters()
+            led = _ledger
+            if led.env_dirty:  # loaded while our variables were exported: they read them
+                known = {lim.key for part in self.split for lim in part}
+                led.natural_keys.update(lim.key for lim in every if lim.key not in known)
+            led.env_dirty = led.env_saved is not None
+            kinds = {k for k, _ in filter(None, (classify(lib.path) for lib in
+                                                 loaded_libraries().libraries))}
+            self.tbb_with_openmp = {"tbb", "openmp"} <= kinds
+            self.split = (tuple(x for x in every if x.scope == PROCESS),
+                          tuple(x for x in every if x.scope == THREAD))
+            # After the scan: a library loaded meanwhile is found next time.
+            self.generation, self.modules_key = linker_generation(), key
         return self.split
 
 
 _registry = _Registry()
 _topology_cache: dict = {}
-_plan_cache: dict = {}
+
+
+def current_topology() -> Topology:
+    """This process's topology, read once per process (a forked child
+    re-reads its own limits)."""
+    key = os.getpid()
+    topo = _topology_cache.get(key)
+    if topo is None:
+        _topology_cache.clear()
+        topo = _topology_cache[key] = read_topology()
+    return topo
+
+
+def current_limiters() -> tuple[tuple, tuple]:
+    """``(process-scope, thread-scope)`` limiters of what is loaded now."""
+    return _registry.current()
+
+
+# -- the environment children read --------------------------------------------
+
 def _always_set() -> tuple[str, ...]:
-    """Variables set on every entry: OMP_NUM_THREADS, which the BLAS libraries
+    """Variables set by ``env=True``: OMP_NUM_THREADS, which the BLAS libraries
     read when their own is unset, and those with no such fallback."""
     import importlib.util
     names = ["OMP_NUM_THREADS"]
@@ -98,9 +141,7 @@ def _always_set() -> tuple[str, ...]:
     return tuple(names)
 
 
-_ENV_NAMES = _always_set()
-_ENV_ENTRY = object()  # marks the environment's raw entry in a report
-_ENV = tuple(_env.Variable(name) for name in _ENV_NAMES)
+_ENV = tuple(_env.Variable(name) for name in _always_set())
 # Set only when present: an exported OPENBLAS_NUM_THREADS=8 would beat OMP_NUM_THREADS.
 _ENV_IF_SET = tuple(_env.Variable(name) for name in FALLS_BACK_TO_OMP)
 # TBB and OpenMP pools in one process: OpenMP workers that spin while TBB runs
@@ -113,42 +154,84 @@ def _encoded(value: int):
     return _env.encode(str(value))
 
 
-def _env_report(before: tuple) -> str:
-    values = {os.fsdecode(v) if isinstance(v, bytes) else v for v in before}
-    return "unset" if values == {None} else ", ".join(sorted(str(v) for v in values))
+# -- the ledger ------------------------------------------------------------------
 
+class _Entry:
+    """One entry of a budget section, in one thread."""
 
-def _topology() -> Topology:
-    key = os.getpid()  # a forked child re-reads its own limits
-    topo = _topology_cache.get(key)
-    if topo is None:
-        _topology_cache.clear()
-        topo = _topology_cache[key] = read_topology()
-    return topo
+    __slots__ = ("section", "thread", "want", "capacity", "grant", "thread_grant", "pin",
+                 "memory_nodes", "env", "applied", "site")
+
+    def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None):
+        # (frame, instruction) of the statement that entered. The frame itself is
+        # held, not its id: ids of ended frames are reused, and a section may
+        # outlive the frame that entered it (ExitStack, a share held for life).
+        self.site = site
+        self.section, self.thread, self.want, self.capacity = section, thread, want, capacity
+        self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
+        self.grant = self.thread_grant = 0
+        self.applied: list = []
+
+    def top(self) -> _shares.Top:
+        return _shares.Top(self.want, self.capacity, self.thread_grant)
 
 
 class _Ledger:
-    """The sections active now: one stack per Python thread, and the
-    original process-wide values to put back when the last one leaves."""
+    """The sections inside now, and the values to put back."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.stacks: dict[int, list["budget"]] = {}
-        self.saved: dict | None = None
+        self.stacks: dict[int, list[_Entry]] = {}
+        self.process_saved: dict[tuple, object] = {}  # limiter key -> original
+        self.thread_saved: dict[int, dict[tuple, object]] = {}  # thread -> limiter key -> original
+        self.env_saved: dict[str, object] | None = None  # variable -> original (raw)
+        self.env_entries = 0  # entries inside with env=True
+        self.env_dirty = False  # our variables were exported since the last scan
+        self.natural_keys: set[tuple] = set()  # libraries that started under our variables
+        self.affinity_saved: dict | None = None  # tid -> CPUs; "default" -> for new threads
+        self.pinned_to: frozenset | None = None
+        self.mempolicy_saved: dict[int, object] = {}  # thread -> (mode, nodes)
 
-    def process_value(self) -> int:
-        """What process-wide limits are set to: every active thread's share."""
-        if len(self.stacks) == 1:
-            (stack,) = self.stacks.values()
-            return min(stack[-1]._want, stack[-1]._capacity)
-        tops = [stack[-1] for stack in self.stacks.values()]
-        capacity = max(top._capacity for top in tops)
-        share = max(1, capacity // len(tops))
-        return min(share, min(top._want for top in tops))
+    def tops(self, skip: int | None = None) -> list[_shares.Top]:
+        return [s[-1].top() for i, s in self.stacks.items() if s and i != skip]
+
+    def process_value(self) -> int | None:
+        stacks = self.stacks
+        if len(stacks) == 1:  # the common case, without building tops
+            for stack in stacks.values():
+                return min(stack[-1].want, stack[-1].capacity) if stack else None
+        return _shares.process_value(self.tops())
 
 
 _ledger = _Ledger()
 
+
+def _after_fork_in_child() -> None:
+    """Only the forking thread exists in the child: keep its sections only."""
+    global _ledger
+    old, me = _ledger, threading.get_ident()
+    new = _Ledger()
+    if me in old.stacks:
+        new.stacks[me] = list(old.stacks[me])
+    if me in old.thread_saved:
+        new.thread_saved[me] = dict(old.thread_saved[me])
+    if me in old.mempolicy_saved:
+        new.mempolicy_saved[me] = old.mempolicy_saved[me]
+    new.process_saved, new.env_saved = dict(old.process_saved), old.env_saved
+    new.env_entries = sum(e.env for e in new.stacks.get(me, ()))
+    new.env_dirty, new.natural_keys = old.env_dirty, set(old.natural_keys)
+    new.affinity_saved, new.pinned_to = old.affinity_saved, old.pinned_to
+    _ledger = new
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class CrossThreadExit(RuntimeError):
+    """A budget section was left by a thread other than the one that entered it."""
+
+
+# -- the public section -------------------------------------------------------------
 
 class budget:
     """Cap every thread pool of this process to a matched budget.
@@ -156,13 +239,15 @@ class budget:
     ``threads``: the budget (default: planned from the CPUs this process may
     use, see ``threadguard.plan``). ``mode``: ``throughput`` or ``latency``.
     ``pin``: restrict CPU affinity (and memory, on several NUMA nodes) to the
-    planned CPUs while inside. ``env``: also set the variables child
-    processes read (``OMP_NUM_THREADS``...). Usable as a context manager and
-    as a decorator; nested budgets never exceed the outer one.
+    planned CPUs while inside. ``env``: also export the grant in the
+    variables child processes read (``OMP_NUM_THREADS``...); off by default,
+    so children size themselves as they would without threadguard. Usable as
+    a context manager (also nested, reused, or from several threads at once)
+    and as a decorator; nested budgets never exceed the outer one.
     """
 
     def __init__(self, threads: int | None = None, *, mode: str = "throughput",
-                 pin: bool | None = False, socket: int | None = None, env: bool = True,
+                 pin: bool | None = False, socket: int | None = None, env: bool = False,
                  allow_oversubscription: bool = False, topology: Topology | None = None,
                  plan: Plan | None = None):
         if threads is not None:
@@ -171,37 +256,25 @@ class budget:
         self.mode = check_mode(mode)
         self.pin = pin
         self.socket = socket
-        self.env = env
+        self.env = bool(env)
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
         self._plan: Plan | None = plan
+        self._capacity = 0
         if plan is not None:  # an exact share (a worker's), applied as planned
             self.requested = plan.threads
-            self._capacity = max((topology or _topology()).effective_cpus, plan.threads)
+            self._capacity = max((topology or current_topology()).effective_cpus, plan.threads)
         if socket is not None:  # validate now: bad input fails at the call site
-            make_plan(topology or _topology(), mode, socket=socket)
-        self._capacity = self._capacity if plan is not None else 0
-        self._want = 0
-        self._grant = 0
-        self._thread_grant = 0
-        self._applied: list = []
-        self._thread_saved: list = []
-        self._pin_saved = None
+            make_plan(topology or current_topology(), mode, socket=socket)
+        self._entries: dict[int, list[_Entry]] = {}  # thread -> this section's entries
+        self._last_applied: list = []  # the last entry's report rows (no cycle to the entry)
 
     # -- the plan ----------------------------------------------------------
     @property
     def plan(self) -> Plan:
         if self._plan is None:
-            topo = self._topology or _topology()
-            key = (id(topo), self.mode, self.requested, self.socket, self.pin)
-            cached = _plan_cache.get(key)
-            if cached is None or cached[0] is not topo:
-                cached = (topo, make_plan(topo, self.mode, threads=self.requested,
-                                          socket=self.socket, pin=self.pin))
-                if len(_plan_cache) > 256:
-                    _plan_cache.clear()
-                _plan_cache[key] = cached
-            plan = cached[1]
+            topo = self._topology or current_topology()
+            plan = _planned(topo, self.mode, self.requested, self.socket, self.pin)
             if self.requested is not None and self.requested > topo.effective_cpus:
                 if not self.allow_oversubscription:
                     warnings.warn(
@@ -213,81 +286,88 @@ class budget:
             self._plan = plan
         return self._plan
 
+    def _mine(self) -> _Entry | None:
+        entries = self._entries.get(threading.get_ident())
+        return entries[-1] if entries else None
+
     @property
     def threads(self) -> int:
-        """The threads granted now to process-wide pools (0 outside the section)."""
-        return self._grant
+        """The threads granted to this thread's innermost entry (0 outside)."""
+        entry = self._mine()
+        return entry.grant if entry is not None else 0
 
     @property
     def thread_limit(self) -> int:
         """The limit set on this thread's own runtimes (OpenMP, numba)."""
-        return self._thread_grant
+        entry = self._mine()
+        return entry.thread_grant if entry is not None else 0
 
     def report(self) -> list[Applied]:
         """What the last entry applied to which library or setting."""
-        out = []
-        for a in self._applied:
-            if a[0] is _ENV_ENTRY:
-                _, before, before_if_set, value = a
-                names = _ENV_NAMES + tuple(v.name for v, old in zip(_ENV_IF_SET, before_if_set)
-                                           if old)
-                a = ("environment", _limiters.PROCESS, _env_report(before), str(value),
-                     "applied", None, " ".join(names))
-            out.append(a if isinstance(a, Applied) else Applied(*a))
-        return out
+        entry = self._mine()
+        rows = entry.applied if entry is not None else self._last_applied
+        return [a if isinstance(a, Applied) else Applied(*a) for a in rows]
 
     # -- entering and leaving ---------------------------------------------
     def __enter__(self) -> "budget":
         plan = self._plan or self.plan
         ident = threading.get_ident()
-        process_limiters, thread_limiters = _registry.current()
-        applied: list = []
-        with _ledger.lock:
-            stacks = _ledger.stacks
-            stack = stacks.get(ident)
-            if stack is None:
-                stack = stacks[ident] = []
-            # Nested: never more than the enclosing section.
-            self._want = min(plan.threads, stack[-1]._want) if stack else plan.threads
-            stack.append(self)
-            self._grant = min(self._want, max(1, self._capacity // len(stacks)))
-            # Thread limits of the other sections cannot be lowered from here:
-            # take at most what they leave (and always this thread itself).
-            others = (sum(s[-1]._thread_grant for i, s in stacks.items() if i != ident)
-                      if len(stacks) > 1 else 0)
-            self._thread_grant = max(1, min(self._grant, self._capacity - others))
-            if _ledger.saved is None:
-                _ledger.saved = {}
-            self._apply_process_scope(process_limiters, _ledger.process_value(), applied)
-        self._apply_thread_scope(thread_limiters, self._thread_grant, applied)
-        if plan.pin:
-            self._pin(plan, applied)
-        self._applied = applied
+        caller = sys._getframe(1)
+        entry = _Entry(self, ident, plan.threads, self._capacity,
+                       frozenset(plan.cpus) if plan.pin else None,
+                       tuple(plan.memory_nodes or ()) if plan.pin else (), self.env,
+                       (caller, caller.f_lasti))
+        del caller
+        try:
+            process_limiters, thread_limiters = _registry.current()
+            # A thread's own originals first: a process-wide setter may touch
+            # them (torch.set_num_threads sets this thread's OpenMP limit).
+            _save_thread(ident, thread_limiters)
+            with _ledger.lock:
+                stack = _ledger.stacks.get(ident)
+                if stack is None:
+                    stack = _ledger.stacks[ident] = []
+                elif any(e.site == entry.site for e in stack):
+                    _drop_stale(stack, entry.site)
+                entry.want = _shares.nested_want(plan.threads, stack[-1].top() if stack else None)
+                others = _ledger.tops(skip=ident) if len(_ledger.stacks) > 1 else ()
+                entry.grant, entry.thread_grant = _shares.entry_grants(
+                    entry.want, entry.capacity, others)
+                stack.append(entry)
+                _ledger.env_entries += entry.env
+                self._entries.setdefault(ident, []).append(entry)
+                _sync_process(process_limiters, entry.applied)
+                if entry.pin is not None:
+                    _sync_affinity(entry.applied)
+            _sync_thread(ident, thread_limiters, entry.applied)
+            if entry.pin is not None and entry.memory_nodes:
+                _sync_mempolicy(ident, entry.applied)
+            self._last_applied = entry.applied
+        except BaseException:  # also a signal handler's: nothing is left half-entered
+            _leave(entry)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._pin_saved is not None:
-            _numa.unpin(self._pin_saved)
-            self._pin_saved = None
-        for limiter, before in reversed(self._thread_saved):
-            try:
-                limiter.set(before)
-            except Exception:  # a runtime that refuses is not fatal on the way out
-                pass
-        self._thread_saved = []
+        try:
+            entries = self._entries.get(threading.get_ident())
+            if entries:
+                _leave(entries[-1])
+                return None
+        except BaseException:  # a signal handler's exception: leave all the same
+            entries = self._entries.get(threading.get_ident())
+            if entries:
+                _leave(entries[-1])
+            raise
         ident = threading.get_ident()
-        with _ledger.lock:
-            stack = _ledger.stacks.get(ident)
-            if stack and self in stack:
-                stack.remove(self)
-            if not stack:
-                _ledger.stacks.pop(ident, None)
-            if _ledger.stacks:  # others remain: process-wide limits grow back to their share
-                self._apply_process_scope(_registry.current()[0], _ledger.process_value(), None)
-            else:
-                self._restore_process_scope()
-        self._grant = self._thread_grant = 0
-        return None
+        owner = next((t for t, e in list(self._entries.items()) if e), None)
+        if owner is None:
+            return None  # not inside: nothing to undo
+        _leave(self._entries[owner][-1])
+        raise CrossThreadExit(
+            f"budget entered in thread {owner} was left in thread {ident}: process-wide limits "
+            "and the environment are restored now; that thread's own OpenMP limits are "
+            "restored at its next budget call. Enter and leave a budget in one thread.")
 
     def __call__(self, func):
         @functools.wraps(func)
@@ -298,78 +378,257 @@ class budget:
                 return func(*args, **kwargs)
         return wrapper
 
-    # -- the effects ---------------------------------------------------------
-    def _apply_process_scope(self, limiters, value: int, applied) -> None:
-        """Process-wide limits and variables (the ledger's lock is held)."""
-        saved = _ledger.saved
-        for lim in limiters:
-            try:
-                if lim not in saved:
-                    saved[lim] = lim.get()
-                after = lim.apply(value)
-            except Exception as err:  # a library that refuses is reported, not fatal
-                if applied is not None:
-                    applied.append(_refused(lim, saved.get(lim), err))
-                continue
-            if applied is not None:
-                applied.append(_outcome(lim, saved[lim], after, value))
-        if self.env:
-            raw = _encoded(value)
-            before = _env.set_all(_ENV, raw)
-            before_if_set = _env.set_all(_ENV_IF_SET, raw, only_if_set=True)
-            if "env" not in saved:
-                saved["env"] = before
-                saved["env_if_set"] = before_if_set
-            if applied is not None:  # formatted only if report() is asked for
-                applied.append((_ENV_ENTRY, saved["env"], saved["env_if_set"], value))
-            if _registry.tbb_with_openmp and "wait" not in saved and _WAIT_POLICY.get_raw() is None:
-                saved["wait"] = None
-                _WAIT_POLICY.set_raw(_env.encode("PASSIVE"))
-                if applied is not None:
-                    applied.append(("OMP_WAIT_POLICY", _limiters.PROCESS, None, "PASSIVE",
-                                    "applied", None, "TBB and OpenMP both loaded: OpenMP "
-                                    "runtimes started from here wait passively"))
 
-    def _restore_process_scope(self) -> None:
-        saved = _ledger.saved or {}
-        for key, before in saved.items():
-            if key == "env":
-                _env.restore_all(_ENV, before)
-            elif key == "env_if_set":
-                _env.restore_all(_ENV_IF_SET, before)
-            elif key == "wait":
-                _WAIT_POLICY.set_raw(None)
-            elif before is not None:
+_plan_cache: dict = {}
+
+
+def _planned(topo, mode, requested, socket, pin) -> Plan:
+    """Plans by topology object (compared by identity: hashing one is slow)."""
+    key = (id(topo), mode, requested, socket, pin)
+    cached = _plan_cache.get(key)
+    if cached is None or cached[0] is not topo:
+        if len(_plan_cache) > 256:
+            _plan_cache.clear()
+        cached = _plan_cache[key] = (topo, make_plan(topo, mode, threads=requested,
+                                                     socket=socket, pin=pin))
+    return cached[1]
+
+
+# -- making the process follow the ledger ------------------------------------------
+
+def _drop_stale(stack: list, site) -> None:
+    """The same statement of the same live frame entered again while an entry
+    of its own is still here: that entry's exit was lost (an exception raised
+    by a signal handler as ``__exit__`` began, before any of its code ran; no
+    context manager can catch that). One frame cannot run a with statement
+    that is still active, so the old entry, and what it enclosed, is stale."""
+    index = next(i for i, e in enumerate(stack) if e.site == site)
+    for stale in stack[index:]:
+        _ledger.env_entries -= stale.env
+        entries = stale.section._entries.get(stale.thread)
+        if entries and stale in entries:
+            entries.remove(stale)
+    del stack[index:]
+
+
+def _leave(entry: _Entry) -> None:
+    """Remove ``entry`` and make everything follow the ledger again. Safe to
+    repeat: an exception raised meanwhile (a signal handler) does not leave
+    the limits half-restored."""
+    pending = None
+    for _ in range(3):
+        try:
+            _remove_and_sync(entry)
+            break
+        except BaseException as err:  # KeyboardInterrupt mid-restore: finish first
+            pending = pending or err
+    if pending is not None:
+        raise pending
+
+
+def _remove_and_sync(entry: _Entry) -> None:
+    entries = entry.section._entries.get(entry.thread)
+    if entries and entry in entries:
+        entries.remove(entry)
+        if not entries:
+            del entry.section._entries[entry.thread]
+    me = threading.get_ident()
+    process_limiters, thread_limiters = _registry.current()
+    with _ledger.lock:
+        stack = _ledger.stacks.get(entry.thread)
+        if stack is not None and entry in stack:
+            stack.remove(entry)
+            _ledger.env_entries -= entry.env
+        if not stack:
+            _ledger.stacks.pop(entry.thread, None)
+    if entry.thread == me:  # in the reverse order of entry: this thread's own first
+        _sync_thread(me, thread_limiters, None)
+        if me in _ledger.mempolicy_saved:
+            _sync_mempolicy(me, None)
+    with _ledger.lock:
+        _sync_process(process_limiters, None)
+        if _ledger.pinned_to is not None:
+            _sync_affinity(None)
+
+
+def _sync_process(limiters, applied) -> None:
+    """One-per-process limits and the exported variables follow the ledger
+    (its lock is held)."""
+    led = _ledger
+    value = led.process_value()
+    saved = led.process_saved
+    if value is None:
+        for lim in limiters:  # set all, then forget: safe to repeat if interrupted
+            before = saved.get(lim.key)
+            if before is not None:
                 try:
-                    key.set(before)
-                except Exception:
+                    lim.set(before)
+                except Exception:  # a library that refuses is not fatal on the way out
                     pass
-        _ledger.saved = None
+        saved.clear()  # libraries no longer loaded
+        _sync_env(None)
+        return
+    for lim in limiters:
+        key = lim.key
+        try:
+            if key not in saved:
+                saved[key] = _original(lim)
+            after = lim.apply(value)
+        except Exception as err:  # a library that refuses is reported, not fatal
+            if applied is not None:
+                applied.append(_refused(lim, saved.get(key), err))
+            continue
+        if applied is not None:
+            applied.append(_outcome(lim, saved[key], after, value))
+    _sync_env(value if led.env_entries else None, applied)
 
-    def _apply_thread_scope(self, limiters, grant: int, applied) -> None:
-        saved = []
-        for lim in limiters:
-            if not lim.driven:
+
+def _original(lim):
+    """The value to put back: what the library reports, unless it started
+    while a budget exported its variables (it read them): then the size it
+    takes from the user's environment."""
+    if lim.key in _ledger.natural_keys and lim.natural is not None:
+        value = lim.natural(_saved_environ())
+        if value:
+            return value
+    return lim.get()
+
+
+def _saved_environ() -> dict:
+    env = {k: v for k, v in os.environ.items()}
+    for name, raw in (_ledger.env_saved or {}).items():
+        if raw is None:
+            env.pop(name, None)
+        else:
+            env[name] = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+    return env
+
+
+def _sync_env(value: int | None, applied=None) -> None:
+    led = _ledger
+    if value is None:
+        if led.env_saved is not None:
+            for var in _ENV + _ENV_IF_SET + (_WAIT_POLICY,):
+                if var.name in led.env_saved:
+                    var.set_raw(led.env_saved[var.name])
+            led.env_saved = None
+        return
+    saved = led.env_saved
+    if saved is None:
+        saved = led.env_saved = {}
+    raw = _encoded(value)
+    names = []
+    for var in _ENV + _ENV_IF_SET:
+        current = var.get_raw()
+        if var.name not in saved:
+            if current is None and var in _ENV_IF_SET:
+                continue
+            saved[var.name] = current
+        if current != raw:
+            var.set_raw(raw)
+        names.append(var.name)
+    led.env_dirty = True
+    if _registry.tbb_with_openmp and "OMP_WAIT_POLICY" not in saved and _WAIT_POLICY.get_raw() is None:
+        saved["OMP_WAIT_POLICY"] = None
+        _WAIT_POLICY.set_raw(_env.encode("PASSIVE"))
+        if applied is not None:
+            applied.append(("OMP_WAIT_POLICY", PROCESS, None, "PASSIVE", "applied", None,
+                            "TBB and OpenMP both loaded: OpenMP runtimes started from here "
+                            "wait passively"))
+    if applied is not None:
+        before = {saved.get(n) for n in names}
+        shown = "unset" if before == {None} else ", ".join(
+            sorted(os.fsdecode(v) if isinstance(v, bytes) else str(v) for v in before))
+        applied.append(("environment", PROCESS, shown, str(value), "applied", None,
+                        " ".join(names)))
+
+
+def _save_thread(ident: int, limiters) -> None:
+    """Record this thread's own limits before anything changes them."""
+    saved = _ledger.thread_saved.get(ident)
+    if saved is None:
+        saved = _ledger.thread_saved[ident] = {}
+    for lim in limiters:
+        if lim.driven and lim.key not in saved:
+            try:
+                saved[lim.key] = _original(lim)
+            except Exception:  # read again, and reported, when applied
+                pass
+
+
+def _sync_thread(ident: int, limiters, applied) -> None:
+    """This thread's own limits follow its innermost section (the ledger's
+    lock is not needed: only this thread touches them)."""
+    stack = _ledger.stacks.get(ident)
+    saved = _ledger.thread_saved.get(ident)
+    if not stack:
+        if saved:
+            for lim in limiters:
+                before = saved.get(lim.key)
+                if before is not None and lim.driven:
+                    try:
+                        lim.set(before)
+                    except Exception:
+                        pass
+        _ledger.thread_saved.pop(ident, None)
+        return
+    if saved is None:
+        saved = _ledger.thread_saved[ident] = {}
+    grant = stack[-1].thread_grant
+    for lim in limiters:
+        if not lim.driven:
+            if applied is not None:
                 applied.append((lim.name, lim.scope, None, None, "skipped", lim.path,
                                 f"not driven: {lim.note}"))
-                continue
-            try:
-                before = lim.get()
-                after = lim.apply(grant)
-            except Exception as err:
-                applied.append(_refused(lim, None, err))
-                continue
-            saved.append((lim, before))
-            applied.append(_outcome(lim, before, after, grant))
-        self._thread_saved = saved
+            continue
+        try:
+            if lim.key not in saved:
+                saved[lim.key] = _original(lim)
+            after = lim.apply(grant)
+        except Exception as err:
+            if applied is not None:
+                applied.append(_refused(lim, saved.get(lim.key), err))
+            continue
+        if applied is not None:
+            applied.append(_outcome(lim, saved[lim.key], after, grant))
 
-    def _pin(self, plan: Plan, applied) -> None:
-        topo = self._topology or _topology()
-        if topo.fsroot != "/":
-            applied.append(("affinity", _limiters.PROCESS, None, None, "skipped", None,
+
+def _sync_affinity(applied) -> None:
+    """Every thread's affinity follows the pinned sections (the ledger's lock is held)."""
+    led = _ledger
+    pins = [e.pin for s in led.stacks.values() for e in s if e.pin is not None]
+    target = _shares.pinned_cpus(pins)
+    if target == led.pinned_to:
+        if target is not None and applied is not None:
+            applied.append(("affinity", PROCESS, None, sorted(target), "applied", None,
+                            "already pinned"))
+        return
+    if target is None:
+        _numa.unpin(led.affinity_saved or {})
+        led.affinity_saved = led.pinned_to = None
+        return
+    topo = current_topology()
+    if topo.fsroot != "/":
+        if applied is not None:
+            applied.append(("affinity", PROCESS, None, None, "skipped", None,
                             f"topology read from {topo.fsroot}: not this machine"))
-            return
-        self._pin_saved = _numa.pin(plan.cpus, plan.memory_nodes, applied)
+        return
+    led.affinity_saved = _numa.pin_affinity(target, led.affinity_saved, applied)
+    led.pinned_to = target
+
+
+def _sync_mempolicy(ident: int, applied) -> None:
+    """This thread's memory policy follows its innermost pinned section."""
+    stack = _ledger.stacks.get(ident) or []
+    nodes = next((e.memory_nodes for e in reversed(stack) if e.pin is not None), ())
+    saved = _ledger.mempolicy_saved
+    if not nodes:
+        if ident in saved:
+            _numa.restore_mempolicy(saved.pop(ident))
+        return
+    before = _numa.bind_memory(nodes, applied)
+    if before is not None and ident not in saved:
+        saved[ident] = before
 
 
 def _outcome(lim, before, after, wanted) -> tuple:
@@ -387,4 +646,9 @@ def _refused(lim, before, err: Exception) -> tuple:
 def current_budget() -> budget | None:
     """The innermost budget section of the calling thread, or None."""
     stack = _ledger.stacks.get(threading.get_ident())
-    return stack[-1] if stack else None
+    return stack[-1].section if stack else None
+
+
+def sections_inside() -> int:
+    """How many threads are inside budget sections now."""
+    return sum(1 for s in _ledger.stacks.values() if s)

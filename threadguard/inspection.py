@@ -15,17 +15,12 @@ from . import attribution as _attribution
 from ._errors import AccessDenied, NoSuchProcess
 from .threads import take_census
 from .libraries import loaded_libraries
-from .pools import Pool, detect_pools
+from .pools import Pool, detect_pools, family_of_runtime
 from .report import Report, command_line
-from .runtime_libs import classify, loaded_runtimes, parse_ld_preload
+from .runtime_libs import loaded_runtimes, parse_ld_preload
 from .machine import read_topology
 
 IS_LINUX = sys.platform.startswith("linux")
-
-# Pool.library -> the pool name attribution gives that library's threads.
-_OWNER_POOL = {"libgomp": "openmp:libgomp", "libiomp5": "openmp:libiomp5",
-               "libomp": "openmp:libomp"}
-
 
 def _environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
     if pid == os.getpid():
@@ -45,33 +40,19 @@ def _environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
     return env, None
 
 
-def _openblas_size(pid: int, libs, path: str) -> int | None:
-    """OpenBLAS's ``blas_cpu_number`` (its configured threads), read from the
-    process's memory: the library exports it."""
-    import struct
-
-    from . import _procmem
-    lib = next((lib for lib in libs.libraries if lib.path == path and lib.dynamic), None)
-    if lib is None or not _procmem.SUPPORTED:
-        return None
-    try:
-        with _procmem.ProcessMemory(pid) as mem:
-            addr = _procmem.SymbolTable(mem, lib.base, lib.dynamic).lookup("blas_cpu_number")
-            return struct.unpack("<i", mem.read(addr, 4))[0] if addr else None
-    except (OSError, LookupError, struct.error, AccessDenied):
-        return None
-
-
 def pools_of_other_process(pid: int, runtimes, libs) -> list[Pool]:
     """Pools seen from outside: one per runtime; sizes where memory tells them."""
+    from .pools.openblas import size_in_other_process
     pools = []
     for r in runtimes:
-        library = r.name if r.kind != "tbb" else "tbb"
-        size = _openblas_size(pid, libs, r.path) if r.name == "openblas" else None
+        fam = family_of_runtime(r.name)
+        key, library = (fam.key, fam.library) if fam else (r.name, r.name)
+        size = size_in_other_process(pid, libs, r.path) if key == "openblas" else None
         if size is not None:
-            pools.append(Pool(library, r.kind, size, r.path, source="blas_cpu_number in memory"))
+            pools.append(Pool(library, r.kind, size, r.path, source="blas_cpu_number in memory",
+                              pool=key))
             continue
-        pools.append(Pool(library, r.kind, None, r.path, source="unknown", notes=(
+        pools.append(Pool(library, r.kind, None, r.path, source="unknown", pool=key, notes=(
             "the configured size is readable only inside the process; threads_observed "
             "counts the threads it created",)))
     return pools
@@ -83,18 +64,7 @@ def _count_observed(pools, attribution) -> list[Pool]:
     counts: dict[str, int] = {}
     for owner in attribution.owners.values():
         counts[owner.pool] = counts.get(owner.pool, 0) + 1
-    out = []
-    for p in pools:
-        if p.api == "torch-intraop":
-            out.append(p)  # its threads are its OpenMP runtime's
-            continue
-        key = _OWNER_POOL.get(p.library, p.library)
-        if p.path and p.library not in ("tbb", "openvino", "torch"):
-            found = classify(p.path)
-            if found and found[0] == "openmp":
-                key = f"openmp:{found[1]}"
-        out.append(p.with_observed(counts.get(key, 0)))
-    return out
+    return [p.with_observed(counts.get(p.pool, 0)) if p.owns_threads else p for p in pools]
 
 
 def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,

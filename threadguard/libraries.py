@@ -1,9 +1,9 @@
 """The shared libraries a process has loaded, in the dynamic linker's order.
 
-In this process: ``dl_iterate_phdr`` (as threadpoolctl does). In another:
-the ``r_debug``/``link_map`` chain read through ``/proc/PID/mem``, found from
-the auxiliary vector and the program's ``DT_DEBUG``. Both are the linker's
-own list, so the order is load order. ``/proc/PID/maps`` is only a fallback:
+In this process and in another: the ``r_debug``/``link_map`` chain read
+through ``/proc/PID/mem``, found from the auxiliary vector and the program's
+``DT_DEBUG``. It is the linker's own list, so the order is load order, and
+reading it runs no Python code under the loader's lock. ``/proc/PID/maps`` is only a fallback:
 its order is by address, which is not load order, and the result says so.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import _procmem
 from ._errors import AccessDenied, NoSuchProcess
 
-ORDER_DL_ITERATE = "dl_iterate_phdr"
+ORDER_SELF = "r_debug link_map chain (this process)"
 ORDER_LINK_MAP = "r_debug link_map chain"
 ORDER_MAPS = "address order in /proc/PID/maps (not load order)"
 
@@ -53,70 +53,116 @@ def _is_library(name: str) -> bool:
 
 
 # --- in this process -------------------------------------------------------
+#
+# No ``dl_iterate_phdr`` with a Python callback: the callback would run with
+# the loader's lock held and need the GIL, while a thread importing an
+# extension module holds the GIL and waits for that lock (a deadlock). The
+# linker's own list is read instead, through ``/proc/self/mem`` (a read of
+# freed memory during a concurrent ``dlclose`` returns junk, never a crash),
+# and retried until ``r_debug.r_state`` says it was consistent throughout.
 
-class _DlPhdrInfo(ctypes.Structure):
-    _fields_ = [("dlpi_addr", ctypes.c_size_t), ("dlpi_name", ctypes.c_char_p),
-                ("dlpi_phdr", ctypes.c_void_p), ("dlpi_phnum", ctypes.c_uint16),
-                ("dlpi_adds", ctypes.c_ulonglong), ("dlpi_subs", ctypes.c_ulonglong)]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_DlPhdrInfo), ctypes.c_size_t,
-                             ctypes.c_void_p)
-_libc = None
-
-
-def _dl_iterate_phdr(visit) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None)
-    _libc.dl_iterate_phdr(_CALLBACK(lambda info, size, data: visit(info.contents, size) or 0),
-                          None)
+RT_CONSISTENT = 0
 
 
-def _dynamic_of(info: _DlPhdrInfo) -> int:
-    for i in range(info.dlpi_phnum):
-        p_type, _, _, p_vaddr = struct.unpack(
-            "<IIQQ", ctypes.string_at(info.dlpi_phdr + 56 * i, 24))
-        if p_type == _procmem.PT_DYNAMIC:
-            return info.dlpi_addr + p_vaddr
-    return 0
+class _SelfLinkMap:
+    """This process's ``r_debug`` and an open ``/proc/self/mem``, per pid
+    (after ``fork`` the descriptor would read the parent's memory)."""
+
+    def __init__(self):
+        self.pid = -1
+        self.mem = None
+        self.r_debug = 0
+        self.tail = 0  # address of the last link_map seen
+        self.tail_bytes = b""
+        self.next_ptr = None  # the last node's l_next, read in place
+        self.held = None  # the last library, held open
+
+    def ready(self) -> "_SelfLinkMap":
+        pid = os.getpid()
+        if self.pid != pid:
+            mem = _procmem.ProcessMemory(pid)
+            try:
+                r_debug = _procmem.r_debug_address(mem, _procmem.read_auxv(pid))
+            except BaseException:
+                mem.close()
+                raise
+            if self.mem is not None and self.pid > 0:
+                try:
+                    self.mem.close()
+                except OSError:
+                    pass
+            self.mem, self.r_debug, self.pid, self.tail, self.tail_bytes = mem, r_debug, pid, 0, b""
+            self.next_ptr = None
+        return self
+
+    def read(self) -> tuple[LoadedLibrary, ...]:
+        mem = self.mem
+        for _ in range(100):
+            state = mem.u32(self.r_debug + 24)  # r_state, after r_version, r_map, r_brk
+            found: list[LoadedLibrary] = []
+            last, last_name = 0, None
+            node = mem.u64(self.r_debug + 8)
+            while node and len(found) < 4096:
+                l_addr, l_name, l_ld, l_next = struct.unpack("<QQQQ", mem.read(node, 32))
+                name = mem.cstring(l_name) if l_name else ""
+                if not found and not name:
+                    name = os.path.realpath("/proc/self/exe")
+                if _is_library(name):
+                    found.append(LoadedLibrary(os.path.normpath(name), len(found), l_addr, l_ld))
+                last, last_name, node = node, name, l_next
+            if state == RT_CONSISTENT and mem.u32(self.r_debug + 24) == RT_CONSISTENT:
+                if last != self.tail:
+                    self.tail, self.tail_bytes = last, mem.read(last, 40) if last else b""
+                    self._hold_tail(last_name if _is_library(last_name or "") else None)
+                return tuple(found)
+        raise OSError("the dynamic linker's list kept changing while read")
+
+    def generation(self):
+        """A token that changes when a library is loaded: the ``l_next`` of
+        the last node of the list (a new library is linked after it). The
+        last library is held open (``RTLD_NOLOAD``), so it cannot be unloaded
+        and its node is read directly, without a system call."""
+        if self.next_ptr is None:
+            self.read()
+            if self.next_ptr is None:  # the last library could not be held
+                return self.tail, self.mem.read(self.tail, 40)
+        return self.tail, self.next_ptr.value
+
+    def _hold_tail(self, path: str | None) -> None:
+        self.next_ptr = None
+        if not path or not self.tail:
+            return
+        try:
+            self.held = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            return
+        self.next_ptr = ctypes.c_void_p.from_address(self.tail + 24)  # l_next
 
 
-_generation = [0, 0]
+_self_map = _SelfLinkMap()
 
 
-def _record_generation(info, size, data):
-    contents = info.contents
-    _generation[0], _generation[1] = contents.dlpi_adds, contents.dlpi_subs
-    return 1  # the counters are the same in every entry: stop at the first
+_IN_MEMORY = _procmem.SUPPORTED and sys.platform.startswith("linux")
+_getpid = os.getpid
 
 
-_GENERATION_CALLBACK = _CALLBACK(_record_generation)
-
-
-def linker_generation() -> tuple[int, int]:
-    """``(adds, subs)``: the linker's load/unload counters, to rescan only on change."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None)
-    _libc.dl_iterate_phdr(_GENERATION_CALLBACK, None)
-    return _generation[0], _generation[1]
+def linker_generation():
+    """A token that changes when this process loads a library; cheap (no
+    system call once the last library is held), and it never takes the
+    loader's lock."""
+    m = _self_map
+    if m.next_ptr is not None and m.pid == _getpid():
+        return m.tail, m.next_ptr.value
+    if _IN_MEMORY:
+        try:
+            return m.ready().generation()
+        except (OSError, LookupError, NoSuchProcess, AccessDenied, struct.error):
+            pass
+    return ("modules", len(sys.modules))  # no /proc/self/mem: imports stand in
 
 
 def _self_libraries() -> tuple[LoadedLibrary, ...]:
-    found: list[LoadedLibrary] = []
-
-    def visit(info, size):
-        name = os.fsdecode(info.dlpi_name or b"")
-        if not found and not name:
-            name = os.path.realpath("/proc/self/exe")
-        if _is_library(name):
-            found.append(LoadedLibrary(os.path.normpath(name), len(found), info.dlpi_addr,
-                                       _dynamic_of(info)))
-        return 0
-
-    _dl_iterate_phdr(visit)
-    return tuple(found)
+    return _self_map.ready().read()
 
 
 # --- in another process ----------------------------------------------------
@@ -174,9 +220,9 @@ def loaded_libraries(pid: int | None = None) -> LoadedLibraries:
     if pid is None or pid == os.getpid():
         if sys.platform.startswith("linux"):
             try:
-                return LoadedLibraries(os.getpid(), _self_libraries(), ORDER_DL_ITERATE)
-            except (OSError, AttributeError) as err:
-                note = f"dl_iterate_phdr unavailable ({err})"
+                return LoadedLibraries(os.getpid(), _self_libraries(), ORDER_SELF)
+            except (OSError, LookupError, NoSuchProcess, AccessDenied, struct.error) as err:
+                note = f"the linker's list is unreadable ({err})"
                 return LoadedLibraries(os.getpid(), _maps_libraries(os.getpid()), ORDER_MAPS, note)
         pid = os.getpid()
     if not os.path.exists(f"/proc/{pid}"):

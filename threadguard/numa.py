@@ -60,49 +60,81 @@ def _tids() -> list[int]:
     return [int(t) for t in os.listdir("/proc/self/task")]
 
 
-def pin(cpus, memory_nodes, applied) -> dict:
-    """Restrict every thread to ``cpus`` and this thread's memory to
-    ``memory_nodes``; returns what ``unpin`` needs to undo it."""
-    saved = {"affinity": {}, "default": None, "mempolicy": None}
+def pin_affinity(cpus, saved: dict | None, applied) -> dict:
+    """Restrict every thread to ``cpus``. ``saved`` holds each thread's
+    affinity before the first pin (first value wins) and, as ``"default"``,
+    the process's for threads started since; returned for ``unpin``."""
+    saved = dict(saved) if saved else {}
     try:
-        saved["default"] = os.sched_getaffinity(0)
+        saved.setdefault("default", os.sched_getaffinity(0))
+        count = 0
         for tid in _tids():
             try:
                 before = os.sched_getaffinity(tid)
                 os.sched_setaffinity(tid, cpus)
-                saved["affinity"][tid] = before
+                saved.setdefault(tid, before)
+                count += 1
             except OSError:  # a thread that ended, or a CPU outside the cpuset
                 continue
-        applied.append(("affinity", "process", sorted(saved["default"]), sorted(cpus),
-                        "applied", None, f"{len(saved['affinity'])} threads"))
+        if applied is not None:
+            applied.append(("affinity", "process", sorted(saved["default"]), sorted(cpus),
+                            "applied", None, f"{count} threads"))
     except (OSError, AttributeError) as err:
-        applied.append(("affinity", "process", None, None, "refused", None, str(err)))
-    if memory_nodes:
-        before = get_mempolicy()
-        try:
-            set_mempolicy(MPOL_BIND, memory_nodes)
-            saved["mempolicy"] = before or (MPOL_DEFAULT, ())
-            applied.append(("memory policy", "thread", before, ("bind", list(memory_nodes)),
-                            "applied", None, None))
-        except OSError as err:
-            applied.append(("memory policy", "thread", before, None, "refused", None,
-                            str(err)))
+        if applied is not None:
+            applied.append(("affinity", "process", None, None, "refused", None, str(err)))
     return saved
 
 
 def unpin(saved: dict) -> None:
+    """Put every thread's affinity back (threads started meanwhile get the default)."""
     default = saved.get("default")
-    for tid in _tids():
-        before = saved["affinity"].get(tid, default)
+    try:
+        tids = _tids()
+    except OSError:
+        return
+    for tid in tids:
+        before = saved.get(tid, default)
         if before is None:
             continue
         try:
             os.sched_setaffinity(tid, before)
         except OSError:
             pass
+
+
+def bind_memory(nodes, applied):
+    """Bind this thread's memory to ``nodes``; returns the policy before (or None)."""
+    before = get_mempolicy()
+    try:
+        set_mempolicy(MPOL_BIND, nodes)
+    except OSError as err:
+        if applied is not None:
+            applied.append(("memory policy", "thread", before, None, "refused", None, str(err)))
+        return None
+    if applied is not None:
+        applied.append(("memory policy", "thread", before, ("bind", list(nodes)), "applied",
+                        None, None))
+    return before or (MPOL_DEFAULT, ())
+
+
+def restore_mempolicy(before) -> None:
+    mode, nodes = before
+    try:
+        set_mempolicy(mode, nodes if mode != MPOL_DEFAULT else ())
+    except OSError:
+        pass
+
+
+def pin(cpus, memory_nodes, applied) -> dict:
+    """Restrict every thread to ``cpus`` and this thread's memory to
+    ``memory_nodes``; returns what ``release`` needs to undo both."""
+    saved = pin_affinity(cpus, None, applied)
+    saved["mempolicy"] = bind_memory(memory_nodes, applied) if memory_nodes else None
+    return saved
+
+
+def release(saved: dict) -> None:
+    """Undo ``pin``."""
+    unpin(saved)
     if saved.get("mempolicy") is not None:
-        mode, nodes = saved["mempolicy"]
-        try:
-            set_mempolicy(mode, nodes if mode != MPOL_DEFAULT else ())
-        except OSError:
-            pass
+        restore_mempolicy(saved["mempolicy"])

@@ -28,7 +28,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-from .guard import OversubscriptionWarning, _ledger, _topology, current_budget
+from .guard import OversubscriptionWarning, current_budget, current_topology, sections_inside
 from .machine import Topology
 from .planner import Plan, make_plan
 
@@ -68,7 +68,7 @@ class CompileRecord:
 def _exclusive(plan: Plan, topo: Topology) -> bool:
     """Whether OpenVINO's CPUs are its own: a pinned plan, this process
     restricted to exactly those CPUs, and no other budget section running."""
-    if not plan.pin or len(_ledger.stacks) > 1:
+    if not plan.pin or sections_inside() > 1:
         return False
     cpus = os.sched_getaffinity(0) if topo.fsroot == "/" else topo.allowed_cpus
     return set(cpus) == set(plan.cpus)
@@ -78,13 +78,13 @@ def _plan_for(budget, mode: str, topology: Topology | None) -> tuple[Plan, int, 
     """The plan, OpenVINO's thread share, and whether its CPUs are its own."""
     section = budget if budget is not None else current_budget()
     if section is not None and section.threads:
-        topo = section._topology or _topology()
+        topo = section._topology or current_topology()
         plan = section.plan
         share = section.threads
         if plan.mode != mode:
             plan = make_plan(topo, mode, threads=share, pin=plan.pin)
         return plan, share, _exclusive(plan, topo)
-    topo = topology or _topology()
+    topo = topology or current_topology()
     plan = make_plan(topo, mode)
     return plan, plan.threads, _exclusive(plan, topo)
 

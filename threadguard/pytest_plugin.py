@@ -109,8 +109,8 @@ class _State:
     # -- the budget ---------------------------------------------------------
     def start(self):
         import threadguard
-        from threadguard.guard import _topology
-        effective = _topology().effective_cpus
+        from threadguard.guard import current_topology
+        effective = current_topology().effective_cpus
         self.budget_threads = self.threads or max(1, effective // self.workers)
         self.source = ("--threadguard-threads" if self.threads else
                        f"{effective} effective CPUs // {self.workers} worker(s)")
@@ -120,7 +120,8 @@ class _State:
         from threadguard.libraries import linker_generation
         if self.session_budget is not None:
             self.session_budget.__exit__(None, None, None)
-        self.session_budget = threadguard.budget(self.budget_threads, allow_oversubscription=True)
+        self.session_budget = threadguard.budget(self.budget_threads, allow_oversubscription=True,
+                                                  env=True)
         self.session_budget.__enter__()
         self.generation = linker_generation()
 
@@ -260,8 +261,8 @@ def pytest_runtest_makereport(item, call):
                 findings.append({"what": "thread leak", "pool": pool, "threads": count,
                                  "detail": ", ".join(names), "fail": leaks == "fail"})
     allowed = max_threads or state.budget_threads
-    from threadguard.guard import _registry
-    process, thread = _registry.current()  # with what the test loaded
+    from threadguard.guard import current_limiters
+    process, thread = current_limiters()  # with what the test loaded
     for lim in process + thread:
         if not lim.driven:
             continue

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import weakref
 
-from .guard import budget, _topology
+from .guard import budget, current_topology
 from .planner import Plan, check_count, make_plan
 from .machine import Topology
 
@@ -22,7 +22,7 @@ _held: list = []  # budgets entered for the life of this worker process
 
 def apply_share(share: Plan) -> budget:
     """Apply one worker's share to this process until it exits."""
-    section = budget(plan=share, pin=share.pin)
+    section = budget(plan=share, pin=share.pin, env=True)
     section.__enter__()
     _held.append(section)
     return section
@@ -56,7 +56,7 @@ class WorkerBudget:
     def __init__(self, n_workers: int, *, mode: str = "throughput", disjoint: bool = False,
                  topology: Topology | None = None):
         self.n_workers = check_count(n_workers, "n_workers")
-        topo = topology or _topology()
+        topo = topology or current_topology()
         base = make_plan(topo, mode, pin=True if disjoint else None)
         self.shares = base.split(self.n_workers, disjoint=disjoint)
         self._slots: str | None = None

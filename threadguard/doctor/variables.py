@@ -1,45 +1,12 @@
-"""Checks of the thread variables, against what the runtimes really do with them.
-
-- OpenMP runtimes (GNU, Intel, LLVM) read ``OMP_NUM_THREADS`` as a list of
-  positive integers, one per nesting level ("4,2"); anything else ("abc",
-  "0", "1.0", "all") is ignored with a warning; "" counts as unset.
-- OpenBLAS parses ``OPENBLAS_NUM_THREADS`` (then ``GOTO_NUM_THREADS``, then
-  ``OMP_NUM_THREADS``) with ``atoi``: "4,2" is 4, and "abc", "", "-3", "0"
-  give 0, which means all cores.
-"""
+"""Checks of the thread variables, against what the runtimes really do with
+them (the rules are in ``threadguard.env_rules``)."""
 
 from __future__ import annotations
 
 import re
 
+from ..env_rules import atoi, openblas_value, openmp_value  # noqa: F401 (re-exported)
 from .findings import finding
-
-OPENMP_LIST = re.compile(r"^\s*[1-9]\d*(\s*,\s*[1-9]\d*)*\s*$")
-
-
-def openmp_value(text: str | None) -> tuple[int | None, str | None]:
-    """What an OpenMP runtime does with ``OMP_NUM_THREADS``: (threads, problem)."""
-    if text is None or text.strip() == "":
-        return None, None
-    if not OPENMP_LIST.match(text):
-        return None, "not a list of positive integers: the runtimes ignore it (and warn)"
-    levels = [int(x) for x in text.split(",")]
-    return levels[0], None
-
-
-def atoi(text: str) -> int:
-    """C's atoi: leading whitespace, optional sign, digits; anything else stops."""
-    m = re.match(r"\s*([+-]?\d+)", text)
-    return int(m.group(1)) if m else 0
-
-
-def openblas_value(environ) -> tuple[str | None, int | None]:
-    """(variable used, threads; 0 = all cores) as OpenBLAS reads its environment."""
-    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
-        if name in environ:
-            value = atoi(environ[name])
-            return name, (value if value > 0 else 0)
-    return None, None
 
 
 def check(environ, cpus: int) -> list:
@@ -79,7 +46,7 @@ def check(environ, cpus: int) -> list:
             out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi): OpenBLAS then "
                                "uses every core, not 1", [f"{name}={text!r}"],
                                f"export {name}=1  # or the thread count you meant"))
-        elif not re.fullmatch(r"\s*\d+\s*", text):
+        elif not re.fullmatch(r"[ \t\n\v\f\r]*[0-9]+[ \t\n\v\f\r]*", text):
             out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi stops at the "
                                "first non-digit)", [f"{name}={text!r}"],
                                f"export {name}={value}", severity="info"))

@@ -53,14 +53,14 @@ class ThreadGuardPlugin(_Base):
         self._section = None
 
     def setup(self, worker):
-        from ..guard import _topology, budget
+        from ..guard import budget, current_topology
         from ..planner import make_plan
         from ..workers import claim_slot
 
         host = _host_of(worker.address)
         on_host = max(1, self.workers_per_host.get(host, 1))
         nthreads = max(1, _nthreads(worker) or 1)
-        topo = _topology()
+        topo = current_topology()
         share = max(1, topo.effective_cpus // on_host)
         per_task = max(1, share // nthreads)
         nanny = {name: os.environ.get(name) for name in NANNY_VARIABLES if os.environ.get(name)}
@@ -72,7 +72,7 @@ class ThreadGuardPlugin(_Base):
             os.makedirs(directory, exist_ok=True)
             base = make_plan(topo, pin=True)
             plan = base.split(on_host, disjoint=True)[claim_slot(directory) % on_host]
-        self._section = budget(plan=plan, pin=plan.pin)
+        self._section = budget(plan=plan, pin=plan.pin, env=True)
         self._section.__enter__()
         worker.threadguard = {"host": host, "workers_on_host": on_host, "nthreads": nthreads,
                               "share": share, "threads_per_task": threads,

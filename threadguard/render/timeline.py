@@ -7,13 +7,13 @@ from ..sampler import Recording
 
 
 # One colour per pool, the same in every picture, so two timelines compare.
-_COLORS = {"main": "#4c72b0", "python": "#dd8452", "openblas": "#55a868", "tbb": "#8172b3",
-           "openvino": "#937860", "openmp:libgomp": "#c44e52", "openmp:libiomp5": "#da8bc3",
-           "openmp:libomp": "#8c8c8c", "torch": "#ccb974", "other": "#64b5cd"}
+_OWN_COLORS = {"main": "#4c72b0", "python": "#dd8452", "other": "#64b5cd"}
 
 
 def _color(pool: str) -> str:
-    return _COLORS.get(pool, "#bbbbbb")
+    from ..pools import family
+    fam = family(pool)
+    return fam.color if fam is not None else _OWN_COLORS.get(pool, "#bbbbbb")
 
 
 def plot_timeline(rec: Recording, paths: list[str], title: str = "") -> None:

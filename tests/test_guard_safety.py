@@ -1,0 +1,320 @@
+"""The guard inside other people's programs: no hang, no crash, nothing left
+changed, children keep their own shares. Each scenario runs in a fresh
+interpreter on real runtimes (NumPy's OpenBLAS, scikit-learn's GNU OpenMP)."""
+
+from __future__ import annotations
+
+import pytest
+
+from procs import python_child, sklearn_libgomp
+
+pytestmark = pytest.mark.live
+
+POOLS = """
+from threadpoolctl import threadpool_info
+def pools():
+    return sorted((os.path.basename(i["filepath"]), i["num_threads"]) for i in threadpool_info())
+"""
+
+
+def test_no_deadlock_while_other_threads_import_extension_modules():
+    # Budgets need the loaded-library list; a thread importing an extension
+    # module holds the GIL and waits for the loader's lock. Listing libraries
+    # with a Python callback under that lock deadlocked every time.
+    code = """
+import faulthandler, glob, importlib, os, sys, sysconfig, threading
+faulthandler.dump_traceback_later(90, exit=True)
+import numpy, threadguard
+dynload = os.path.join(sysconfig.get_paths()["stdlib"], "lib-dynload")
+names = sorted({os.path.basename(p).split(".")[0] for p in glob.glob(dynload + "/*.so")}
+               - set(sys.modules) - {"_tkinter", "_test_multiphase", "xxlimited", "xxlimited_35",
+                                     "_testmultiphase", "_xxtestfuzz", "_ctypes_test"})
+stop = threading.Event()
+counts = [0] * 6
+def enter(i):
+    while not stop.is_set():
+        with threadguard.budget(1):
+            counts[i] += 1
+workers = [threading.Thread(target=enter, args=(i,)) for i in range(6)]
+for w in workers: w.start()
+imported = 0
+for name in names:
+    try:
+        importlib.import_module(name)
+        imported += 1
+    except Exception:
+        pass
+stop.set()
+for w in workers: w.join()
+faulthandler.cancel_dump_traceback_later()
+report(imported=imported, entries=sum(counts), inside=threadguard.current_budget() is None)
+"""
+    with python_child(code, timeout=120) as child:
+        f = child.facts
+    assert f["imported"] >= 10 and f["entries"] > 0 and f["inside"]
+
+
+@pytest.mark.slow
+def test_first_entries_racing_in_many_threads():
+    code = """
+import threading, numpy, threadguard
+barrier = threading.Barrier(8)
+errors = []
+def first():
+    barrier.wait()
+    try:
+        with threadguard.budget(1):
+            pass
+    except Exception as err:
+        errors.append(repr(err))
+threads = [threading.Thread(target=first) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+report(errors=errors)
+"""
+    for _ in range(12):  # the race hit 3-9 runs in 20 before the fix
+        with python_child(code) as child:
+            assert child.facts["errors"] == []
+
+
+@pytest.mark.parametrize("env", [False, True])
+def test_library_loaded_inside_a_section_gets_its_own_size_back(env):
+    # scikit-learn brings SciPy's OpenBLAS and GNU OpenMP while inside; when
+    # all sections are left every pool must be as in an interpreter that never
+    # used threadguard, here at the CPUs' count, whatever the budget exported.
+    code = POOLS + f"""
+import numpy, threadguard
+with threadguard.budget(1, env={env}):
+    with threadguard.budget(1, env={env}):
+        import sklearn.cluster
+    with threadguard.budget(1, env={env}):
+        pass
+for _ in range(3):
+    with threadguard.budget(1, env={env}):
+        pass
+report(pools=pools(), env=os.environ.get("OMP_NUM_THREADS"))
+"""
+    fresh = POOLS + """
+import numpy, sklearn.cluster
+report(pools=pools(), env=os.environ.get("OMP_NUM_THREADS"))
+"""
+    unset = {"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None}
+    with python_child(code, env=unset) as guarded, python_child(fresh, env=unset) as plain:
+        assert guarded.facts == plain.facts
+    assert len(plain.facts["pools"]) >= 3
+
+
+def test_pinned_sections_left_in_any_order():
+    code = """
+import threading, threadguard
+original = sorted(os.sched_getaffinity(0))
+a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+seen = {}
+def a():
+    with threadguard.budget(1, pin=True):
+        a_in.set(); b_in.wait()
+    a_out.set()
+def b():
+    a_in.wait()
+    with threadguard.budget(1, pin=True):
+        b_in.set(); a_out.wait()
+        seen["b_after_a_left"] = sorted(os.sched_getaffinity(0))
+ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+ta.start(); tb.start(); ta.join(); tb.join()
+report(original=original, after=sorted(os.sched_getaffinity(0)), **seen)
+"""
+    with python_child(code) as child:
+        f = child.facts
+    if len(f["original"]) < 2:
+        pytest.skip("needs 2 CPUs to see pinning")
+    assert len(f["b_after_a_left"]) < len(f["original"])  # B is still pinned
+    assert f["after"] == f["original"]
+
+
+def test_left_from_another_thread_is_refused_and_restored():
+    gomp = sklearn_libgomp()
+    code = POOLS + f"""
+import threading, numpy, threadguard
+gomp = start_openmp({gomp!r}, 2)
+before = pools()
+section = threadguard.budget(1, env=True)
+state = {{}}
+entered, left = threading.Event(), threading.Event()
+def a():
+    section.__enter__()
+    entered.set(); left.wait()
+    state["a_openmp_before_next_call"] = gomp.omp_get_max_threads()
+    with threadguard.budget(2):
+        pass
+    state["a_openmp_after_next_call"] = gomp.omp_get_max_threads()
+ta = threading.Thread(target=a); ta.start(); entered.wait()
+try:
+    section.__exit__(None, None, None)
+    state["error"] = None
+except RuntimeError as err:
+    state["error"] = type(err).__name__
+state["pools"], state["env"] = pools(), os.environ.get("OMP_NUM_THREADS")
+state["inside"] = threadguard.current_budget() is not None
+left.set(); ta.join()
+report(before=before, **state)
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["error"] == "CrossThreadExit"
+    assert f["env"] is None and not f["inside"]
+    blas = lambda pools: [p for p in pools if "openblas" in p[0]]
+    assert blas(f["pools"]) == blas(f["before"])
+    assert f["a_openmp_before_next_call"] == 1  # only thread A can set its own limit
+    assert f["a_openmp_after_next_call"] == 2
+
+
+def test_one_object_reused_and_nested_sections_left_outer_first():
+    gomp = sklearn_libgomp()
+    code = POOLS + f"""
+import numpy, threadguard
+gomp = start_openmp({gomp!r}, 2)
+before = (pools(), gomp.omp_get_max_threads())
+b = threadguard.budget(1)
+with b:
+    with b:
+        pass
+    reused_inner_left = gomp.omp_get_max_threads()
+after_reuse = (pools(), gomp.omp_get_max_threads())
+outer, inner = threadguard.budget(2), threadguard.budget(1)
+outer.__enter__(); inner.__enter__()
+outer.__exit__(None, None, None)
+still_inner = gomp.omp_get_max_threads()
+inner.__exit__(None, None, None)
+report(before=before, reused_inner_left=reused_inner_left, after_reuse=after_reuse,
+       still_inner=still_inner, after=(pools(), gomp.omp_get_max_threads()))
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["reused_inner_left"] == 1  # the outer entry of the same object is still in
+    assert f["after_reuse"] == f["before"] == f["after"]
+    assert f["still_inner"] == 1
+
+
+@pytest.mark.slow
+def test_exceptions_from_a_signal_handler_leave_nothing_behind():
+    # A SIGALRM handler raising every 50-500 us, anywhere: in entry, in exit,
+    # in the runtimes' setters. Before, 100-200 sections of 5,000 were left.
+    code = POOLS + """
+import random, signal, time, numpy as np, threadguard
+from sklearn.cluster import KMeans
+KMeans(n_clusters=2, n_init=1, random_state=0).fit(np.random.RandomState(0).rand(200, 3))
+before = (pools(), os.environ.get("OMP_NUM_THREADS"))
+with threadguard.budget(1):
+    pass
+class Tick(Exception):
+    pass
+armed, raised = [False], [0]
+def handler(signum, frame):
+    signal.setitimer(signal.ITIMER_REAL, random.uniform(50e-6, 500e-6))
+    if armed[0]:
+        raised[0] += 1
+        raise Tick
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 200e-6)
+start = time.perf_counter()
+for i in range(5000):
+    try:
+        armed[0] = True
+        with threadguard.budget(1, env=(i % 2 == 0)):
+            pass
+        armed[0] = False
+    except Tick:
+        armed[0] = False
+    if time.perf_counter() - start > 30:
+        break
+signal.setitimer(signal.ITIMER_REAL, 0)
+signal.signal(signal.SIGALRM, signal.SIG_IGN)
+report(before=before, after=(pools(), os.environ.get("OMP_NUM_THREADS")), raised=raised[0],
+       inside=threadguard.current_budget() is not None)
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["raised"] > 50
+    assert f["after"] == f["before"] and not f["inside"]
+
+
+def test_fork_child_keeps_only_the_forking_threads_sections():
+    code = """
+import threading, numpy, threadguard
+r, w = os.pipe()
+def fork_here():
+    pid = os.fork()
+    if pid == 0:
+        with threadguard.budget(2) as b:
+            granted = b.threads
+        os.write(w, f"{granted} {os.environ.get('OMP_NUM_THREADS')}".encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+with threadguard.budget(1, env=True):  # the main thread is inside while a worker forks
+    t = threading.Thread(target=fork_here); t.start(); t.join()
+granted, env = os.read(r, 64).decode().split()
+report(granted=int(granted), env=env, cpus=len(os.sched_getaffinity(0)))
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["granted"] == min(2, f["cpus"])  # the main thread's section is not in the child
+    assert f["env"] == "None"
+
+
+CHILDREN = POOLS + """
+import subprocess, sys, multiprocessing as mp, numpy, threadguard
+from joblib import Parallel, delayed
+def seen(_=None):
+    import numpy, os
+    from threadpoolctl import threadpool_info
+    return (os.environ.get("OMP_NUM_THREADS"),
+            tuple(sorted(i["num_threads"] for i in threadpool_info() if "openblas" in i["filepath"])))
+def child_process():
+    code = "import numpy, os; from threadpoolctl import threadpool_info as t; " \\
+           "print(os.environ.get('OMP_NUM_THREADS'), [i['num_threads'] for i in t()])"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+def all_children():
+    out = {"subprocess": child_process(),
+           "loky": sorted(set(Parallel(n_jobs=2)(delayed(seen)(i) for i in range(4))))}
+    for method in ("fork", "spawn"):
+        with mp.get_context(method).Pool(1) as pool:
+            out[method] = pool.map(seen, [0])
+    return out
+if __name__ == "__main__":
+    plain = all_children()
+    with threadguard.budget(1):
+        default = all_children()
+    with threadguard.budget(1, env=True):
+        exported = all_children()
+    print(json.dumps({"plain": plain, "default": default, "exported": exported}))
+"""
+
+
+@pytest.mark.slow
+def test_children_started_inside_a_budget_keep_their_own_share(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "children.py"
+    script.write_text("import json, os\n" + CHILDREN)
+    env = dict(os.environ, CI="true", PYTHONPATH=str(Path(__file__).parents[1]))
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LOKY_MAX_CPU_COUNT"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr
+    f = json.loads(out.stdout.strip().splitlines()[-1])
+    plain, default, exported = f["plain"], f["default"], f["exported"]
+    # By default, every child gets what it gets without threadguard: loky its
+    # cpu_count() // n_jobs, the others their own size (never the parent's).
+    assert default["loky"] == plain["loky"] and default["subprocess"] == plain["subprocess"]
+    assert default["spawn"] == plain["spawn"]
+    cpus = len(os.sched_getaffinity(0))
+    assert all(row[0] == str(max(1, cpus // 2)) for row in default["loky"])
+    # A forked child is a copy: it keeps the parent's capped pools.
+    assert all(n == 1 for n in default["fork"][0][1])
+    # env=True hands the grant to children that read the environment.
+    assert exported["subprocess"].startswith("1 ") and exported["spawn"][0][0] == "1"
+    assert all(n == 1 for n in exported["spawn"][0][1])

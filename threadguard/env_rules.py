@@ -1,0 +1,54 @@
+"""How the runtimes read their thread variables, as their C code does.
+
+- OpenMP runtimes (GNU, Intel, LLVM) read ``OMP_NUM_THREADS`` as a list of
+  positive integers, one per nesting level ("4,2"); anything else ("abc",
+  "0", "1.0", "all", non-ASCII digits) is ignored with a warning.
+- OpenBLAS parses ``OPENBLAS_NUM_THREADS`` (then ``GOTO_NUM_THREADS``, then
+  ``OMP_NUM_THREADS``) with ``atoi``: "4,2" is 4, and "abc", "", "-3", "0"
+  give 0, which means all cores.
+
+Digits are ASCII only: C's ``isdigit`` and ``strtol`` know nothing of "٣"
+or "４", which Python's ``int()`` would accept.
+"""
+
+from __future__ import annotations
+
+import re
+
+OPENMP_LIST = re.compile(r"^[ \t\n\v\f\r]*[1-9][0-9]*([ \t\n\v\f\r]*,[ \t\n\v\f\r]*[1-9][0-9]*)*"
+                         r"[ \t\n\v\f\r]*$")
+_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+_INT_MAX = 2**31 - 1
+
+
+def openmp_value(text: str | None) -> tuple[int | None, str | None]:
+    """What an OpenMP runtime does with ``OMP_NUM_THREADS``: (threads, problem)."""
+    if text is None or text.strip(" \t\n\v\f\r") == "":
+        return None, None
+    if not OPENMP_LIST.match(text):
+        return None, "not a list of positive integers: the runtimes ignore it (and warn)"
+    first = text.split(",")[0].strip(" \t\n\v\f\r")
+    if len(first) > 10 or int(first) > _INT_MAX:
+        return None, "larger than the runtimes accept: they ignore it (and warn)"
+    return int(first), None
+
+
+def atoi(text: str) -> int:
+    """C's atoi: leading whitespace, optional sign, ASCII digits; anything else stops.
+    Out-of-range values are clamped as ``strtol`` would (atoi's result is then undefined)."""
+    m = _ATOI.match(text)
+    if not m:
+        return 0
+    digits = m.group(1)
+    if len(digits.lstrip("+-").lstrip("0")) > 10:
+        return -_INT_MAX - 1 if digits.startswith("-") else _INT_MAX
+    return max(-_INT_MAX - 1, min(_INT_MAX, int(digits)))
+
+
+def openblas_value(environ) -> tuple[str | None, int | None]:
+    """(variable used, threads; 0 = all cores) as OpenBLAS reads its environment."""
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        if name in environ:
+            value = atoi(environ[name])
+            return name, (value if value > 0 else 0)
+    return None, None
