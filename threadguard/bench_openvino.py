@@ -74,13 +74,14 @@ class CompetingLoad:
     def __init__(self, kind: str, threads: int, guarded: bool):
         self.kind, self.guarded = kind, guarded
         self.stop = threading.Event()
+        self.error: BaseException | None = None
         self.ready = threading.Barrier(threads + 1)
         self.count = 0
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _work(self):
         import numpy as np
-        self.ready.wait()  # every load thread is inside its budget
+        self.ready.wait(timeout=120)  # every load thread is inside its budget
         if self.kind == "numpy":
             a = np.random.default_rng(0).random((256, 256))
             while not self.stop.is_set():
@@ -94,16 +95,26 @@ class CompetingLoad:
                 self.count += 1
 
     def _run(self):
-        if self.guarded:
-            with budget():
+        try:
+            if self.guarded:
+                with budget():
+                    self._work()
+            else:
                 self._work()
-        else:
-            self._work()
+        except BaseException as err:  # the others must not wait for this thread forever
+            self.error = self.error or err
+            self.stop.set()
+            self.ready.abort()
 
     def __enter__(self):
+        self.error = None
         for t in self.threads:
             t.start()
-        self.ready.wait()
+        try:
+            self.ready.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"the competing load failed to start: {self.error!r}") from self.error
         self.started = time.perf_counter()
         return self
 

@@ -78,6 +78,7 @@ class _Registry:
         self.tbb_with_openmp = False
         self.triggers: tuple[str, ...] | None = None
         self.modules_count = -1
+        self.version = 0  # bumped at each rescan
 
     def current(self) -> tuple[tuple, tuple]:
         """``(process-scope limiters, thread-scope limiters)``; may rescan."""
@@ -104,6 +105,7 @@ class _Registry:
                           tuple(x for x in every if x.scope == THREAD))
             # After the scan: a library loaded meanwhile is found next time.
             self.generation, self.modules_key = linker_generation(), key
+            self.version += 1
         return self.split
 
 
@@ -197,6 +199,8 @@ class _Ledger:
 
     def process_value(self) -> int | None:
         stacks = self.stacks
+        if not stacks:
+            return None
         if len(stacks) == 1:  # the common case, without building tops
             for stack in stacks.values():
                 return min(stack[-1].want, stack[-1].capacity) if stack else None
@@ -204,6 +208,7 @@ class _Ledger:
 
 
 _ledger = _Ledger()
+_VERSION = ("registry version",)  # a thread's saved values are up to date with this rescan
 
 
 def _after_fork_in_child() -> None:
@@ -433,21 +438,23 @@ def _remove_and_sync(entry: _Entry) -> None:
         if not entries:
             del entry.section._entries[entry.thread]
     me = threading.get_ident()
-    process_limiters, thread_limiters = _registry.current()
-    with _ledger.lock:
-        stack = _ledger.stacks.get(entry.thread)
+    # No rescan: a library loaded inside was never capped, so it has nothing to
+    # put back (and one started under exported variables is marked at the next).
+    process_limiters, thread_limiters = _registry.split
+    led = _ledger
+    with led.lock:
+        stack = led.stacks.get(entry.thread)
         if stack is not None and entry in stack:
             stack.remove(entry)
-            _ledger.env_entries -= entry.env
+            led.env_entries -= entry.env
         if not stack:
-            _ledger.stacks.pop(entry.thread, None)
-    if entry.thread == me:  # in the reverse order of entry: this thread's own first
-        _sync_thread(me, thread_limiters, None)
-        if me in _ledger.mempolicy_saved:
-            _sync_mempolicy(me, None)
-    with _ledger.lock:
+            led.stacks.pop(entry.thread, None)
+        if entry.thread == me:  # in the reverse order of entry: this thread's own first
+            _sync_thread(me, thread_limiters, None)
+            if me in led.mempolicy_saved:
+                _sync_mempolicy(me, None)
         _sync_process(process_limiters, None)
-        if _ledger.pinned_to is not None:
+        if led.pinned_to is not None:
             _sync_affinity(None)
 
 
@@ -466,7 +473,8 @@ def _sync_process(limiters, applied) -> None:
                 except Exception:  # a library that refuses is not fatal on the way out
                     pass
         saved.clear()  # libraries no longer loaded
-        _sync_env(None)
+        if led.env_saved is not None:
+            _sync_env(None)
         return
     for lim in limiters:
         key = lim.key
@@ -480,7 +488,8 @@ def _sync_process(limiters, applied) -> None:
             continue
         if applied is not None:
             applied.append(_outcome(lim, saved[key], after, value))
-    _sync_env(value if led.env_entries else None, applied)
+    if led.env_entries or led.env_saved is not None:
+        _sync_env(value if led.env_entries else None, applied)
 
 
 def _original(lim):
@@ -548,6 +557,9 @@ def _save_thread(ident: int, limiters) -> None:
     saved = _ledger.thread_saved.get(ident)
     if saved is None:
         saved = _ledger.thread_saved[ident] = {}
+    elif saved.get(_VERSION) == _registry.version:
+        return  # saved already, and nothing was loaded since
+    saved[_VERSION] = _registry.version
     for lim in limiters:
         if lim.driven and lim.key not in saved:
             try:

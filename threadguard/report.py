@@ -62,7 +62,8 @@ class Report:
             "ld_preload": (None if self.ld_preload is None else
                            [{"entry": e.entry, "path": e.path, "exists": e.exists}
                             for e in self.ld_preload]),
-            "pools": [{"library": p.library, "api": p.api, "num_threads": p.num_threads,
+            "pools": [{"pool": p.pool, "library": p.library, "api": p.api,
+                       "num_threads": p.num_threads,
                        "threads_observed": p.threads_observed, "path": p.path,
                        "source": p.source, "notes": list(p.notes)} for p in self.pools],
             "findings": [f.to_dict() if hasattr(f, "to_dict") else f for f in self.findings],
