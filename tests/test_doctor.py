@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import threadguard
+from threadguard import env_rules
 from threadguard.doctor import CATALOG, diagnose, messages, variables
 from threadguard.runtime_libs import ShippedRuntime
 from machine_tree import V2_MOUNTINFO, machine, multi_socket
@@ -43,9 +44,12 @@ def json_codes(out) -> set[str]:
     ("4", 4, False), ("4,3,2", 4, False), (" 8 ", 8, False), ("", None, False),
     ("abc", None, True), ("0", None, True), ("1.0", None, True), ("all", None, True),
     ("-2", None, True), ("4,", None, True),
+    # C's isdigit knows ASCII only: Arabic-Indic, fullwidth digits, a no-break space
+    ("1\u0663", None, True), ("\uff14", None, True), ("\u00a04", None, True),
+    ("9" * 5000, None, True),  # no int() limit error: too large for the runtimes
 ])
 def test_openmp_reading_of_omp_num_threads(value, threads, problem):
-    got, why = variables.openmp_value(value)
+    got, why = env_rules.openmp_value(value)
     assert got == threads and bool(why) == problem
 
 
@@ -57,9 +61,14 @@ def test_openmp_reading_of_omp_num_threads(value, threads, problem):
     ({"GOTO_NUM_THREADS": "3", "OMP_NUM_THREADS": "2"}, "GOTO_NUM_THREADS", 3),
     ({"OMP_NUM_THREADS": "2"}, "OMP_NUM_THREADS", 2),
     ({}, None, None),
+    ({"OPENBLAS_NUM_THREADS": "\u0663"}, "OPENBLAS_NUM_THREADS", 0),  # atoi: no digit
+    ({"OPENBLAS_NUM_THREADS": "1\u0663"}, "OPENBLAS_NUM_THREADS", 1),
+    ({"OPENBLAS_NUM_THREADS": "\uff14"}, "OPENBLAS_NUM_THREADS", 0),
+    ({"OPENBLAS_NUM_THREADS": "9" * 5000}, "OPENBLAS_NUM_THREADS", 0),  # strtol clamps, (int) is -1
+    ({"OPENBLAS_NUM_THREADS": "4294967297"}, "OPENBLAS_NUM_THREADS", 1),
 ])
 def test_openblas_reading_with_atoi(environ, used, threads):
-    assert variables.openblas_value(environ) == (used, threads)
+    assert env_rules.openblas_value(environ) == (used, threads)
 
 
 def test_omp_num_threads_abc_from_the_command_line():

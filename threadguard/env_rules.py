@@ -19,6 +19,7 @@ OPENMP_LIST = re.compile(r"^[ \t\n\v\f\r]*[1-9][0-9]*([ \t\n\v\f\r]*,[ \t\n\v\f\
                          r"[ \t\n\v\f\r]*$")
 _ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 _INT_MAX = 2**31 - 1
+_LONG_MAX, _LONG_MIN = 2**63 - 1, -(2**63)
 
 
 def openmp_value(text: str | None) -> tuple[int | None, str | None]:
@@ -34,15 +35,21 @@ def openmp_value(text: str | None) -> tuple[int | None, str | None]:
 
 
 def atoi(text: str) -> int:
-    """C's atoi: leading whitespace, optional sign, ASCII digits; anything else stops.
-    Out-of-range values are clamped as ``strtol`` would (atoi's result is then undefined)."""
+    """glibc's atoi, ``(int) strtol(text, NULL, 10)``: leading whitespace, an
+    optional sign, ASCII digits; anything else stops. strtol clamps to the
+    64-bit range and the cast keeps the low 32 bits ("4294967297" is 1, a
+    5,000-digit number is -1)."""
     m = _ATOI.match(text)
     if not m:
         return 0
     digits = m.group(1)
-    if len(digits.lstrip("+-").lstrip("0")) > 10:
-        return -_INT_MAX - 1 if digits.startswith("-") else _INT_MAX
-    return max(-_INT_MAX - 1, min(_INT_MAX, int(digits)))
+    negative = digits.startswith("-")
+    significant = digits.lstrip("+-").lstrip("0") or "0"
+    if len(significant) > 19:  # beyond any long: no int() of a huge string
+        value = _LONG_MIN if negative else _LONG_MAX
+    else:
+        value = max(_LONG_MIN, min(_LONG_MAX, int(digits)))
+    return (value + 2**31) % 2**32 - 2**31
 
 
 def openblas_value(environ) -> tuple[str | None, int | None]:
@@ -52,3 +59,13 @@ def openblas_value(environ) -> tuple[str | None, int | None]:
             value = atoi(environ[name])
             return name, (value if value > 0 else 0)
     return None, None
+
+
+def first_set(environ, names) -> int | None:
+    """The first of ``names`` that sets a valid thread count (MKL reads
+    ``MKL_NUM_THREADS`` then ``OMP_NUM_THREADS``; torch and BLIS likewise)."""
+    for name in names:
+        value, _ = openmp_value(environ.get(name))
+        if value:
+            return value
+    return None

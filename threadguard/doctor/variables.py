@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ..env_rules import atoi, openblas_value, openmp_value  # noqa: F401 (re-exported)
+from ..env_rules import atoi, openmp_value
 from .findings import finding
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..env_rules import openmp_value
+from ..env_rules import first_set
 from ..limiters import PROCESS, Limiter, c_getter, c_setter
 from . import Family, Scan
 from ._cblas import controllers_of, pools_from_limiters
@@ -23,11 +23,7 @@ class _Named(Family):
         return out
 
     def _natural(self, environ) -> int | None:
-        for name in (self.variable, "OMP_NUM_THREADS"):
-            value, _ = openmp_value(environ.get(name))
-            if value:
-                return value
-        return None
+        return first_set(environ, (self.variable, "OMP_NUM_THREADS"))
 
     def detect(self, scan: Scan):
         return pools_from_limiters(self, self.limiters(scan))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..env_rules import openmp_value
+from ..env_rules import first_set
 from ..limiters import PROCESS, Limiter, c_getter, c_setter
 from . import Family, Scan
 from ._cblas import controllers_of, pools_from_limiters
@@ -11,11 +11,7 @@ from ._cblas import controllers_of, pools_from_limiters
 def _natural(environ) -> int | None:
     # MKL_NUM_THREADS, else OMP_NUM_THREADS; unset: MKL's own default (its cores),
     # which is not known from outside: keep what it reports.
-    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-        value, _ = openmp_value(environ.get(name))
-        if value:
-            return value
-    return None
+    return first_set(environ, ("MKL_NUM_THREADS", "OMP_NUM_THREADS"))
 
 
 class MKL(Family):

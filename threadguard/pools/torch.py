@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from ..env_rules import openmp_value
+from ..env_rules import first_set
 from ..limiters import PROCESS, Limiter
 from . import Family, Pool, Scan
 
@@ -17,11 +17,7 @@ from . import Family, Pool, Scan
 def _natural(environ) -> int | None:
     # torch reads MKL_NUM_THREADS over OMP_NUM_THREADS at start; unset, its
     # own default (physical cores) is kept as it reports it.
-    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-        value, _ = openmp_value(environ.get(name))
-        if value:
-            return value
-    return None
+    return first_set(environ, ("MKL_NUM_THREADS", "OMP_NUM_THREADS"))
 
 
 class Torch(Family):
