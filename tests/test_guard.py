@@ -221,7 +221,7 @@ applied = []
 saved = numa.pin(sorted(__import__("os").sched_getaffinity(0)), (0,), applied)
 inside = numa.get_mempolicy()
 numa.release(saved)
-report(before=before, inside=inside, after=numa.get_mempolicy(), applied=[a[4] for a in applied])
+report(before=before, inside=inside, after=numa.get_mempolicy(), applied=[a.status for a in applied])
 """
     with python_child(code) as child:
         f = child.facts

@@ -22,7 +22,7 @@ _LAZY = {
     "Plan": ("planner", "Plan"),
     "budget": ("guard", "budget"),
     "current_budget": ("guard", "current_budget"),
-    "Applied": ("guard", "Applied"),
+    "Applied": ("applied", "Applied"),
     "OversubscriptionWarning": ("guard", "OversubscriptionWarning"),
     "worker_budget": ("workers", "worker_budget"),
     "WorkerBudget": ("workers", "WorkerBudget"),

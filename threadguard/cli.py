@@ -173,8 +173,8 @@ def _cmd_run(args) -> int:
 def _cmd_bench_openvino(args) -> int:
     try:
         from . import bench_openvino
-        from .openvino import _ov
-        _ov()
+        from .openvino import require_openvino
+        require_openvino()
     except ImportError as err:
         print(f"threadguard: error: {err}", file=sys.stderr)
         return EXIT_USAGE

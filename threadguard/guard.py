@@ -34,9 +34,8 @@ import os
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
-
 from . import _env
+from .applied import Applied
 from . import numa as _numa
 from . import pools as _pools
 from . import shares as _shares
@@ -49,19 +48,6 @@ from .runtime_libs import classify
 
 class OversubscriptionWarning(UserWarning):
     """A budget asked for more threads than the process has CPUs."""
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What one budget did to one library or setting."""
-
-    target: str  # library name, an environment variable, "affinity", "memory policy"
-    scope: str  # process | thread
-    before: object
-    after: object
-    status: str  # applied | refused | skipped
-    path: str | None = None
-    note: str | None = None
 
 
 # -- what is loaded ------------------------------------------------------------
@@ -310,8 +296,7 @@ class budget:
     def report(self) -> list[Applied]:
         """What the last entry applied to which library or setting."""
         entry = self._mine()
-        rows = entry.applied if entry is not None else self._last_applied
-        return [a if isinstance(a, Applied) else Applied(*a) for a in rows]
+        return list(entry.applied if entry is not None else self._last_applied)
 
     # -- entering and leaving ---------------------------------------------
     def __enter__(self) -> "budget":
@@ -541,14 +526,14 @@ def _sync_env(value: int | None, applied=None) -> None:
         saved["OMP_WAIT_POLICY"] = None
         _WAIT_POLICY.set_raw(_env.encode("PASSIVE"))
         if applied is not None:
-            applied.append(("OMP_WAIT_POLICY", PROCESS, None, "PASSIVE", "applied", None,
+            applied.append(Applied("OMP_WAIT_POLICY", PROCESS, None, "PASSIVE", "applied", None,
                             "TBB and OpenMP both loaded: OpenMP runtimes started from here "
                             "wait passively"))
     if applied is not None:
         before = {saved.get(n) for n in names}
         shown = "unset" if before == {None} else ", ".join(
             sorted(os.fsdecode(v) if isinstance(v, bytes) else str(v) for v in before))
-        applied.append(("environment", PROCESS, shown, str(value), "applied", None,
+        applied.append(Applied("environment", PROCESS, shown, str(value), "applied", None,
                         " ".join(names)))
 
 
@@ -590,7 +575,7 @@ def _sync_thread(ident: int, limiters, applied) -> None:
     for lim in limiters:
         if not lim.driven:
             if applied is not None:
-                applied.append((lim.name, lim.scope, None, None, "skipped", lim.path,
+                applied.append(Applied(lim.name, lim.scope, None, None, "skipped", lim.path,
                                 f"not driven: {lim.note}"))
             continue
         try:
@@ -612,7 +597,7 @@ def _sync_affinity(applied) -> None:
     target = _shares.pinned_cpus(pins)
     if target == led.pinned_to:
         if target is not None and applied is not None:
-            applied.append(("affinity", PROCESS, None, sorted(target), "applied", None,
+            applied.append(Applied("affinity", PROCESS, None, sorted(target), "applied", None,
                             "already pinned"))
         return
     if target is None:
@@ -622,7 +607,7 @@ def _sync_affinity(applied) -> None:
     topo = current_topology()
     if topo.fsroot != "/":
         if applied is not None:
-            applied.append(("affinity", PROCESS, None, None, "skipped", None,
+            applied.append(Applied("affinity", PROCESS, None, None, "skipped", None,
                             f"topology read from {topo.fsroot}: not this machine"))
         return
     led.affinity_saved = _numa.pin_affinity(target, led.affinity_saved, applied)
@@ -643,16 +628,16 @@ def _sync_mempolicy(ident: int, applied) -> None:
         saved[ident] = before
 
 
-def _outcome(lim, before, after, wanted) -> tuple:
+def _outcome(lim, before, after, wanted) -> Applied:
     """A report row: applied, or refused with what the library reads back."""
     if after == wanted:
-        return (lim.name, lim.scope, before, after, "applied", lim.path, lim.note)
-    return (lim.name, lim.scope, before, after, "refused", lim.path, f"reads back {after}")
+        return Applied(lim.name, lim.scope, before, after, "applied", lim.path, lim.note)
+    return Applied(lim.name, lim.scope, before, after, "refused", lim.path, f"reads back {after}")
 
 
-def _refused(lim, before, err: Exception) -> tuple:
-    return (lim.name, lim.scope, before, None, "refused", lim.path,
-            f"{type(err).__name__}: {err}")
+def _refused(lim, before, err: Exception) -> Applied:
+    return Applied(lim.name, lim.scope, before, None, "refused", lim.path,
+                   f"{type(err).__name__}: {err}")
 
 
 def current_budget() -> budget | None:

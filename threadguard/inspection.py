@@ -22,7 +22,8 @@ from .machine import read_topology
 
 IS_LINUX = sys.platform.startswith("linux")
 
-def _environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
+def environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
+    """A process's environment (another's: as it started, /proc/PID/environ) and why not."""
     if pid == os.getpid():
         return dict(os.environ), None
     try:
@@ -98,7 +99,7 @@ def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
     if attribution.note:
         notes.append(attribution.note)
 
-    env, note = _environ_of(target)
+    env, note = environ_of(target)
     if note:
         notes.append(note)
     preload = tuple(parse_ld_preload(env.get("LD_PRELOAD"))) if env is not None else None

@@ -13,6 +13,8 @@ import ctypes
 import os
 import platform
 
+from .applied import Applied
+
 MPOL_DEFAULT, MPOL_BIND = 0, 2
 _MASK_LONGS = 16  # 1,024 nodes
 _SYSCALLS = {"x86_64": (238, 239), "aarch64": (237, 236), "ppc64le": (261, 260),
@@ -77,11 +79,11 @@ def pin_affinity(cpus, saved: dict | None, applied) -> dict:
             except OSError:  # a thread that ended, or a CPU outside the cpuset
                 continue
         if applied is not None:
-            applied.append(("affinity", "process", sorted(saved["default"]), sorted(cpus),
+            applied.append(Applied("affinity", "process", sorted(saved["default"]), sorted(cpus),
                             "applied", None, f"{count} threads"))
     except (OSError, AttributeError) as err:
         if applied is not None:
-            applied.append(("affinity", "process", None, None, "refused", None, str(err)))
+            applied.append(Applied("affinity", "process", None, None, "refused", None, str(err)))
     return saved
 
 
@@ -109,10 +111,10 @@ def bind_memory(nodes, applied):
         set_mempolicy(MPOL_BIND, nodes)
     except OSError as err:
         if applied is not None:
-            applied.append(("memory policy", "thread", before, None, "refused", None, str(err)))
+            applied.append(Applied("memory policy", "thread", before, None, "refused", None, str(err)))
         return None
     if applied is not None:
-        applied.append(("memory policy", "thread", before, ("bind", list(nodes)), "applied",
+        applied.append(Applied("memory policy", "thread", before, ("bind", list(nodes)), "applied",
                         None, None))
     return before or (MPOL_DEFAULT, ())
 

@@ -43,7 +43,8 @@ class CopyWarning(UserWarning):
     """An input could not be shared with OpenVINO and was copied."""
 
 
-def _ov():
+def require_openvino():
+    """The openvino module, or an ImportError that says how to install it."""
     try:
         import openvino
         import openvino.properties  # noqa: F401
@@ -93,7 +94,7 @@ def properties(budget=None, *, mode: str = "latency", device: str = "CPU",
                topology: Topology | None = None) -> dict:
     """The OpenVINO CPU properties for the plan, keyed by the installed
     release's ``openvino.properties`` names."""
-    _ov()  # a clear error when OpenVINO is not installed
+    require_openvino()  # a clear error when OpenVINO is not installed
     import openvino.properties as props
     import openvino.properties.hint as hints
     import openvino.properties.streams as streams
@@ -193,7 +194,7 @@ def compile_model(model, device: str = "CPU", *, budget=None, mode: str = "laten
     The record holds the properties requested, read back, and the threads
     created by compile + first inference, attributed to their pools.
     """
-    ov = _ov()
+    ov = require_openvino()
     from .attribution import attribute_threads
     from .threads import take_census
 
@@ -251,7 +252,7 @@ def compile_model(model, device: str = "CPU", *, budget=None, mode: str = "laten
 def accept_nhwc_u8(model, *, model_layout: str = "NCHW"):
     """Make ``model`` take interleaved NHWC uint8 frames (OpenCV, NumPy images):
     the conversion to its planar float input happens inside the graph."""
-    ov = _ov()
+    ov = require_openvino()
     from openvino.preprocess import PrePostProcessor
 
     ppp = PrePostProcessor(model)
@@ -271,7 +272,7 @@ def frame_tensor(frame, *, dtype=None, on_copy: str = "warn"):
     the reason reported: ``on_copy="warn"`` (CopyWarning), ``"raise"``
     (ValueError) or ``"allow"``. Returns ``(tensor, copied_reason)``.
     """
-    ov = _ov()
+    ov = require_openvino()
     import numpy as np
 
     reason = None

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from ._errors import NoSuchProcess
-from .threads import _TaskReader
+from .threads import TaskReader
 
 RUNNING, RUNNABLE, SLEEPING = "running", "runnable", "sleeping"
 
@@ -74,7 +74,7 @@ class Sampler:
     def __init__(self, pid: int, hz: float = 10.0, attribute: bool = True):
         from .machine import read_topology
         self.pid, self.hz, self.attribute = pid, hz, attribute
-        self.reader = _TaskReader(pid)
+        self.reader = TaskReader(pid)
         self.recording = Recording(pid, hz, read_topology(pid=pid).effective_cpus)
         self._last: dict[int, tuple[int, int]] = {}
         self._t0 = time.monotonic()

@@ -102,7 +102,7 @@ def _fd_budget() -> int:
     return max(0, (soft - in_use) // 2)
 
 
-class _TaskReader:
+class TaskReader:
     """Reads ``/proc/PID/task/*``, keeping schedstat files open between reads.
 
     Opening a /proc file costs several times more than re-reading it
@@ -199,7 +199,7 @@ def take_census(pid: int | None = None, interval: float = 0.2, *,
     pid = os.getpid() if pid is None else int(pid)
     notes: list[str] = []
     stat_file = cgroup.read_limits(FsRoot("/"), pid).cpu_stat_file
-    reader = _TaskReader(pid)
+    reader = TaskReader(pid)
     try:
         cpu_stat0 = _read_cpu_stat(stat_file)
         t0 = time.monotonic()

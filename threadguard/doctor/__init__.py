@@ -78,8 +78,8 @@ def doctor(target: str = "environment", *, value=None, interval: float = 0.5) ->
         found = diagnose(report=report, gomp_provider=provider, shipped=shipped)
     elif target == "pid":
         report, provider = targets.inspect_pid(value, interval)
-        from ..inspection import _environ_of
-        environ, _ = _environ_of(value)
+        from ..inspection import environ_of
+        environ, _ = environ_of(value)
         found = diagnose(report=report, gomp_provider=provider, environ=environ or {},
                          shipped=shipped)
     elif target == "command":
