@@ -257,7 +257,6 @@ class budget:
             self._capacity = max((topology or current_topology()).effective_cpus, plan.threads)
         if socket is not None:  # validate now: bad input fails at the call site
             make_plan(topology or current_topology(), mode, socket=socket)
-        self._entries: dict[int, list[_Entry]] = {}  # thread -> this section's entries
         self._last_applied: list = []  # the last entry's report rows (no cycle to the entry)
 
     # -- the plan ----------------------------------------------------------
@@ -277,9 +276,14 @@ class budget:
             self._plan = plan
         return self._plan
 
-    def _mine(self) -> _Entry | None:
-        entries = self._entries.get(threading.get_ident())
-        return entries[-1] if entries else None
+    def _mine(self, thread: int | None = None) -> _Entry | None:
+        """This object's innermost entry in ``thread`` (default: the calling one)."""
+        stack = _ledger.stacks.get(threading.get_ident() if thread is None else thread)
+        if stack:
+            for entry in reversed(stack):
+                if entry.section is self:
+                    return entry
+        return None
 
     @property
     def threads(self) -> int:
@@ -325,7 +329,6 @@ class budget:
                     entry.want, entry.capacity, others)
                 stack.append(entry)
                 _ledger.env_entries += entry.env
-                self._entries.setdefault(ident, []).append(entry)
                 _sync_process(process_limiters, entry.applied)
                 if entry.pin is not None:
                     _sync_affinity(entry.applied)
@@ -340,20 +343,20 @@ class budget:
 
     def __exit__(self, *exc) -> None:
         try:
-            entries = self._entries.get(threading.get_ident())
-            if entries:
-                _leave(entries[-1])
+            entry = self._mine()
+            if entry is not None:
+                _leave(entry)
                 return None
         except BaseException:  # a signal handler's exception: leave all the same
-            entries = self._entries.get(threading.get_ident())
-            if entries:
-                _leave(entries[-1])
+            entry = self._mine()
+            if entry is not None:
+                _leave(entry)
             raise
         ident = threading.get_ident()
-        owner = next((t for t, e in list(self._entries.items()) if e), None)
+        owner = next((t for t in list(_ledger.stacks) if self._mine(t) is not None), None)
         if owner is None:
             return None  # not inside: nothing to undo
-        _leave(self._entries[owner][-1])
+        _leave(self._mine(owner))
         raise CrossThreadExit(
             f"budget entered in thread {owner} was left in thread {ident}: process-wide limits "
             "and the environment are restored now; that thread's own OpenMP limits are "
@@ -395,9 +398,6 @@ def _drop_stale(stack: list, site) -> None:
     index = next(i for i, e in enumerate(stack) if e.site == site)
     for stale in stack[index:]:
         _ledger.env_entries -= stale.env
-        entries = stale.section._entries.get(stale.thread)
-        if entries and stale in entries:
-            entries.remove(stale)
     del stack[index:]
 
 
@@ -417,11 +417,6 @@ def _leave(entry: _Entry) -> None:
 
 
 def _remove_and_sync(entry: _Entry) -> None:
-    entries = entry.section._entries.get(entry.thread)
-    if entries and entry in entries:
-        entries.remove(entry)
-        if not entries:
-            del entry.section._entries[entry.thread]
     me = threading.get_ident()
     # No rescan: a library loaded inside was never capped, so it has nothing to
     # put back (and one started under exported variables is marked at the next).
