@@ -56,8 +56,9 @@ report(imported=imported, entries=sum(counts), inside=threadguard.current_budget
 
 @pytest.mark.slow
 def test_first_entries_racing_in_many_threads():
-    code = """
+    code = POOLS + """
 import threading, numpy, threadguard
+before = pools()
 barrier = threading.Barrier(8)
 errors = []
 def first():
@@ -70,11 +71,60 @@ def first():
 threads = [threading.Thread(target=first) for _ in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
-report(errors=errors)
+report(errors=errors, same=pools() == before)
 """
     for _ in range(12):  # the race hit 3-9 runs in 20 before the fix
-        with python_child(code) as child:
-            assert child.facts["errors"] == []
+        with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
+            assert child.facts == {"errors": [], "same": True}
+
+
+def test_fork_while_other_threads_enter_budgets():
+    # A child forked while another thread held the guard's locks (or the
+    # loader's) used to block forever in its first budget.
+    code = """
+import threading, numpy, threadguard, multiprocessing as mp
+with threadguard.budget(1):  # imported before threads start: a fork during an import is
+    pass                     # CPython's own hazard (its module locks stay held in the child)
+def own_pid(_):
+    return os.getpid()
+stop = threading.Event()
+def churn():
+    while not stop.is_set():
+        with threadguard.budget(1):
+            pass
+workers = [threading.Thread(target=churn, daemon=True) for _ in range(3)]
+for w in workers: w.start()
+statuses = []
+for _ in range(30):
+    pid = os.fork()
+    if pid == 0:
+        with threadguard.budget(1):
+            pass
+        os._exit(7)
+    deadline = __import__("time").monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            statuses.append(os.waitstatus_to_exitcode(status))
+            break
+        if __import__("time").monotonic() > deadline:
+            os.kill(pid, 9); os.waitpid(pid, 0); statuses.append("hung")
+            break
+        __import__("time").sleep(0.005)
+shares = threadguard.worker_budget(2)
+ctx = mp.get_context("fork")
+started = 0
+for _ in range(5):
+    with ctx.Pool(2, initializer=shares.initializer, initargs=shares.initargs) as pool:
+        started += len(pool.map(own_pid, range(4), chunksize=1)) == 4
+stop.set()
+for w in workers: w.join()
+report(statuses=statuses, pools_started=started)
+"""
+    with python_child(code, timeout=300) as child:
+        f = child.facts
+    assert f["statuses"] == [7] * 30
+    assert f["pools_started"] == 5
 
 
 @pytest.mark.parametrize("env", [False, True])
@@ -318,3 +368,126 @@ def test_children_started_inside_a_budget_keep_their_own_share(tmp_path):
     # env=True hands the grant to children that read the environment.
     assert exported["subprocess"].startswith("1 ") and exported["spawn"][0][0] == "1"
     assert all(n == 1 for n in exported["spawn"][0][1])
+
+
+def test_finalizers_and_signal_handlers_inside_the_guard_never_deadlock():
+    # A generator holding a section, closed by the collector while another
+    # budget is being entered on the same thread; a signal handler that enters
+    # budgets while the interrupted code is inside one. Both hung before.
+    code = POOLS + """
+import gc, random, signal, numpy, threadguard
+before = pools()
+def holder():
+    with threadguard.budget(1):
+        yield
+for _ in range(300):
+    g = holder(); next(g)
+    cycle = [g]; cycle.append(cycle)  # only the collector can close it
+    del g, cycle
+    gc.collect() if random.random() < 0.1 else None
+    with threadguard.budget(1):  # the collector may run inside this entry
+        pass
+gc.collect()
+handled = [0]
+def handler(signum, frame):
+    with threadguard.budget(1):
+        handled[0] += 1
+    signal.setitimer(signal.ITIMER_REAL, random.uniform(20e-6, 200e-6))
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 100e-6)
+for _ in range(3000):
+    with threadguard.budget(1):
+        pass
+signal.setitimer(signal.ITIMER_REAL, 0)
+signal.signal(signal.SIGALRM, signal.SIG_IGN)
+report(handled=handled[0], same=pools() == before, inside=threadguard.current_budget() is not None)
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None},
+                      timeout=120) as child:
+        f = child.facts
+    assert f["handled"] > 10 and f["same"] and not f["inside"]
+
+
+def test_a_thread_that_ends_inside_a_section_gives_its_share_back():
+    code = POOLS + """
+import threading, numpy, threadguard
+before = pools()
+def leaves_nothing():
+    threadguard.budget(1).__enter__()  # and the thread ends inside it
+t = threading.Thread(target=leaves_nothing); t.start(); t.join()
+with threadguard.budget(2) as b:
+    granted = b.threads
+report(before=before, after=pools(), granted=granted, cpus=len(os.sched_getaffinity(0)))
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["granted"] == min(2, f["cpus"])  # not halved by the dead thread's section
+    assert f["after"] == f["before"]
+
+
+@pytest.mark.parametrize("how", ["env=True", "pin=True"])
+def test_numpy_imported_inside_an_exporting_or_pinned_section_gets_its_size_back(how):
+    # OpenBLAS sizes itself when it loads: from the exported variable, or from
+    # the pinned CPUs. After the section it must be as without threadguard.
+    code = POOLS + f"""
+import threadguard
+with threadguard.budget(1, {how}):
+    import numpy
+report(pools=pools())
+"""
+    plain = POOLS + """
+import numpy
+report(pools=pools())
+"""
+    unset = {"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}
+    with python_child(code, env=unset) as guarded, python_child(plain, env=unset) as fresh:
+        assert guarded.facts == fresh.facts
+
+
+def test_a_child_forked_outside_any_section_is_not_left_capped():
+    code = POOLS + """
+import threading, numpy, threadguard
+before = (pools(), os.environ.get("OMP_NUM_THREADS"), sorted(os.sched_getaffinity(0)))
+inside, done = threading.Event(), threading.Event()
+def hold():
+    with threadguard.budget(1, env=True, pin=True):
+        inside.set(); done.wait()
+t = threading.Thread(target=hold); t.start(); inside.wait()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    state = (pools(), os.environ.get("OMP_NUM_THREADS"), sorted(os.sched_getaffinity(0)))
+    os.write(w, json.dumps(state).encode()); os._exit(0)
+os.waitpid(pid, 0)
+child = json.loads(os.read(r, 65536))
+done.set(); t.join()
+report(before=before, child=child)
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["child"] == f["before"]  # the forking thread had no section
+
+
+def test_decorated_coroutines_and_generators_run_inside_their_budget():
+    code = POOLS + """
+import asyncio, numpy, threadguard
+from threadpoolctl import threadpool_info
+blas = lambda: [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"][0]
+@threadguard.budget(1)
+async def coroutine():
+    await asyncio.sleep(0)
+    return blas()
+@threadguard.budget(1)
+def generator():
+    yield blas()
+report(outside=blas(), coroutine=asyncio.run(coroutine()), generator=next(iter(generator())))
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": "2"}) as child:
+        f = child.facts
+    assert f == {"outside": 2, "coroutine": 1, "generator": 1}
+
+
+def test_thread_counts_a_c_int_would_wrap_are_refused():
+    import threadguard
+    with pytest.raises(ValueError, match="1 to 65536"):
+        threadguard.budget(2**31)

@@ -29,7 +29,9 @@ the child keeps only the forking thread's sections.
 
 from __future__ import annotations
 
+import dis
 import functools
+import inspect
 import os
 import sys
 import threading
@@ -42,7 +44,7 @@ from . import shares as _shares
 from .libraries import linker_generation, loaded_libraries
 from .limiters import PROCESS, THREAD
 from .machine import Topology, read_topology
-from .planner import FALLS_BACK_TO_OMP, Plan, check_count, check_mode, make_plan
+from .planner import FALLS_BACK_TO_OMP, MAX_THREADS, Plan, check_count, check_mode, make_plan
 from .runtime_libs import classify
 
 
@@ -80,10 +82,11 @@ class _Registry:
         if generation != self.generation or key != self.modules_key:
             every = _pools.limiters()
             led = _ledger
-            if led.env_dirty:  # loaded while our variables were exported: they read them
-                known = {lim.key for part in self.split for lim in part}
+            if led.env_dirty or led.pin_dirty:  # started under our variables or pinning:
+                known = {lim.key for part in self.split for lim in part}  # they read them
                 led.natural_keys.update(lim.key for lim in every if lim.key not in known)
             led.env_dirty = led.env_saved is not None
+            led.pin_dirty = led.pinned_to is not None
             kinds = {k for k, _ in filter(None, (classify(lib.path) for lib in
                                                  loaded_libraries().libraries))}
             self.tbb_with_openmp = {"tbb", "openmp"} <= kinds
@@ -151,9 +154,9 @@ class _Entry:
                  "memory_nodes", "env", "applied", "site")
 
     def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None):
-        # (frame, instruction) of the statement that entered. The frame itself is
-        # held, not its id: ids of ended frames are reused, and a section may
-        # outlive the frame that entered it (ExitStack, a share held for life).
+        # (frame, instruction) of the with statement that entered (None: entered
+        # by a call). The frame itself is held, not its id: ids of ended frames
+        # are reused, and a section may outlive the frame that entered it.
         self.site = site
         self.section, self.thread, self.want, self.capacity = section, thread, want, capacity
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
@@ -175,6 +178,10 @@ class _Ledger:
         self.env_saved: dict[str, object] | None = None  # variable -> original (raw)
         self.env_entries = 0  # entries inside with env=True
         self.env_dirty = False  # our variables were exported since the last scan
+        self.pin_dirty = False  # the process was pinned since the last scan
+        self.busy: int | None = None  # the thread inside the ledger's lock
+        self.pending: list = []  # exits made while that thread was inside (finalizers)
+        self.owners: dict[int, threading.Thread] = {}  # thread -> its Thread (ids are reused)
         self.natural_keys: set[tuple] = set()  # libraries that started under our variables
         self.affinity_saved: dict | None = None  # tid -> CPUs; "default" -> for new threads
         self.pinned_to: frozenset | None = None
@@ -194,6 +201,11 @@ class _Ledger:
 
 
 _ledger = _Ledger()
+_get_ident, _getframe, _new_row = threading.get_ident, sys._getframe, tuple.__new__
+_current_thread = threading.current_thread
+_WITH_OPCODES = frozenset(dis.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
+                                                        "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
+                          if name in dis.opmap)
 _VERSION = ("registry version",)  # a thread's saved values are up to date with this rescan
 
 
@@ -212,7 +224,16 @@ def _after_fork_in_child() -> None:
     new.env_entries = sum(e.env for e in new.stacks.get(me, ()))
     new.env_dirty, new.natural_keys = old.env_dirty, set(old.natural_keys)
     new.affinity_saved, new.pinned_to = old.affinity_saved, old.pinned_to
+    new.pin_dirty = old.pin_dirty
+    if me in old.owners:
+        new.owners[me] = old.owners[me]
     _ledger = new
+    try:  # the other threads' sections are gone: their limits and pins too
+        _sync_process(_registry.split[0], None)
+        if new.pinned_to is not None:
+            _sync_affinity(None)
+    except Exception:  # never break the child over this
+        pass
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -242,7 +263,7 @@ class budget:
                  allow_oversubscription: bool = False, topology: Topology | None = None,
                  plan: Plan | None = None):
         if threads is not None:
-            check_count(threads)
+            check_count(threads, upper=MAX_THREADS)
         self.requested = threads
         self.mode = check_mode(mode)
         self.pin = pin
@@ -305,33 +326,60 @@ class budget:
     # -- entering and leaving ---------------------------------------------
     def __enter__(self) -> "budget":
         plan = self._plan or self.plan
-        ident = threading.get_ident()
-        caller = sys._getframe(1)
-        entry = _Entry(self, ident, plan.threads, self._capacity,
-                       frozenset(plan.cpus) if plan.pin else None,
-                       tuple(plan.memory_nodes or ()) if plan.pin else (), self.env,
-                       (caller, caller.f_lasti))
+        ident = _get_ident()
+        caller = _getframe(1)
+        lasti = caller.f_lasti
+        # Only a with statement's entry may be judged by where it was made.
+        site = (caller, lasti) if caller.f_code.co_code[lasti] in _WITH_OPCODES else None
         del caller
+        if plan.pin:
+            entry = _Entry(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
+                           tuple(plan.memory_nodes or ()), self.env, site)
+        else:
+            entry = _Entry(self, ident, plan.threads, self._capacity, None, (), self.env, site)
+        led = _ledger
+        if led.busy == ident:  # a signal handler or finalizer, while this thread is inside
+            entry.applied.append(Applied("budget", PROCESS, None, None, "skipped", None,
+                                         "entered from a signal handler or finalizer while "
+                                         "this thread was inside threadguard: not applied"))
+            self._last_applied = entry.applied
+            return self
         try:
             process_limiters, thread_limiters = _registry.current()
             # A thread's own originals first: a process-wide setter may touch
             # them (torch.set_num_threads sets this thread's OpenMP limit).
-            _save_thread(ident, thread_limiters)
-            with _ledger.lock:
-                stack = _ledger.stacks.get(ident)
-                if stack is None:
-                    stack = _ledger.stacks[ident] = []
-                elif any(e.site == entry.site for e in stack):
-                    _drop_stale(stack, entry.site)
-                entry.want = _shares.nested_want(plan.threads, stack[-1].top() if stack else None)
-                others = _ledger.tops(skip=ident) if len(_ledger.stacks) > 1 else ()
-                entry.grant, entry.thread_grant = _shares.entry_grants(
-                    entry.want, entry.capacity, others)
-                stack.append(entry)
-                _ledger.env_entries += entry.env
-                _sync_process(process_limiters, entry.applied)
-                if entry.pin is not None:
-                    _sync_affinity(entry.applied)
+            if thread_limiters:
+                saved = led.thread_saved.get(ident)
+                if saved is None or saved.get(_VERSION) != _registry.version:
+                    _save_thread(ident, thread_limiters)
+            with led.lock:
+                led.busy = ident
+                try:
+                    stack = led.stacks.get(ident)
+                    if stack is None:
+                        stack = led.stacks[ident] = []
+                        led.owners[ident] = _current_thread()
+                    elif led.owners.get(ident) is not _current_thread():  # a dead thread's id
+                        _drop_stale(stack, None)
+                        led.owners[ident] = _current_thread()
+                    elif site is not None and any(e.site == site for e in stack):
+                        _drop_stale(stack, entry.site)
+                    if len(led.stacks) > 1:
+                        _drop_dead_threads()
+                    if stack:
+                        entry.want = _shares.nested_want(plan.threads, stack[-1].top())
+                    others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
+                    entry.grant, entry.thread_grant = _shares.entry_grants(
+                        entry.want, entry.capacity, others)
+                    stack.append(entry)
+                    led.env_entries += entry.env
+                    _sync_process(process_limiters, entry.applied)
+                    if entry.pin is not None:
+                        _sync_affinity(entry.applied)
+                finally:
+                    led.busy = None
+            if led.pending:
+                _drain_pending()
             _sync_thread(ident, thread_limiters, entry.applied)
             if entry.pin is not None and entry.memory_nodes:
                 _sync_mempolicy(ident, entry.applied)
@@ -345,6 +393,9 @@ class budget:
         try:
             entry = self._mine()
             if entry is not None:
+                if _ledger.busy == entry.thread:  # a finalizer inside threadguard's own
+                    _ledger.pending.append(entry)  # work on this thread: done right after
+                    return None
                 _leave(entry)
                 return None
         except BaseException:  # a signal handler's exception: leave all the same
@@ -356,18 +407,47 @@ class budget:
         owner = next((t for t in list(_ledger.stacks) if self._mine(t) is not None), None)
         if owner is None:
             return None  # not inside: nothing to undo
-        _leave(self._mine(owner))
+        if _ledger.busy is not None:
+            _ledger.pending.append(self._mine(owner))
+        else:
+            _leave(self._mine(owner))
+        if exc and exc[0] is GeneratorExit:  # a generator closed by the collector elsewhere
+            return None
         raise CrossThreadExit(
             f"budget entered in thread {owner} was left in thread {ident}: process-wide limits "
             "and the environment are restored now; that thread's own OpenMP limits are "
             "restored at its next budget call. Enter and leave a budget in one thread.")
 
     def __call__(self, func):
+        """A decorator: a new section around each call (around each run of a
+        coroutine or generator, not just its creation)."""
+        def section():
+            return budget(self.requested, mode=self.mode, pin=self.pin, socket=self.socket,
+                          env=self.env, allow_oversubscription=self.allow_oversubscription,
+                          topology=self._topology, plan=self._plan)
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def run_coroutine(*args, **kwargs):
+                with section():
+                    return await func(*args, **kwargs)
+            return run_coroutine
+        if inspect.isgeneratorfunction(func):
+            @functools.wraps(func)
+            def run_generator(*args, **kwargs):
+                with section():
+                    return (yield from func(*args, **kwargs))
+            return run_generator
+        if inspect.isasyncgenfunction(func):
+            @functools.wraps(func)
+            async def run_async_generator(*args, **kwargs):
+                with section():
+                    async for item in func(*args, **kwargs):
+                        yield item
+            return run_async_generator
+
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            with budget(self.requested, mode=self.mode, pin=self.pin, socket=self.socket,
-                        env=self.env, allow_oversubscription=self.allow_oversubscription,
-                        topology=self._topology, plan=self._plan):
+            with section():
                 return func(*args, **kwargs)
         return wrapper
 
@@ -395,10 +475,28 @@ def _drop_stale(stack: list, site) -> None:
     by a signal handler as ``__exit__`` began, before any of its code ran; no
     context manager can catch that). One frame cannot run a with statement
     that is still active, so the old entry, and what it enclosed, is stale."""
-    index = next(i for i, e in enumerate(stack) if e.site == site)
+    index = 0 if site is None else next(i for i, e in enumerate(stack) if e.site == site)
     for stale in stack[index:]:
         _ledger.env_entries -= stale.env
     del stack[index:]
+
+
+def _drain_pending() -> None:
+    """Exits queued by finalizers while this thread was inside the ledger."""
+    while _ledger.pending:
+        _leave(_ledger.pending.pop())
+
+
+def _drop_dead_threads() -> None:
+    """Sections of threads that ended inside them (the ledger's lock is held):
+    their share goes back to the others; their own limits ended with them."""
+    led = _ledger
+    for ident in [i for i, t in led.owners.items() if not t.is_alive()]:
+        for stale in led.stacks.pop(ident, ()):
+            led.env_entries -= stale.env
+        led.owners.pop(ident, None)
+        led.thread_saved.pop(ident, None)
+        led.mempolicy_saved.pop(ident, None)
 
 
 def _leave(entry: _Entry) -> None:
@@ -418,24 +516,45 @@ def _leave(entry: _Entry) -> None:
 
 def _remove_and_sync(entry: _Entry) -> None:
     me = threading.get_ident()
-    # No rescan: a library loaded inside was never capped, so it has nothing to
-    # put back (and one started under exported variables is marked at the next).
-    process_limiters, thread_limiters = _registry.split
+    # A library loaded inside was never capped: nothing to put back, so no
+    # rescan, unless it started under exported variables or pinning (it read them).
     led = _ledger
+    if led.env_dirty or led.pin_dirty:
+        process_limiters, thread_limiters = _registry.current()
+    else:
+        process_limiters, thread_limiters = _registry.split
     with led.lock:
-        stack = led.stacks.get(entry.thread)
-        if stack is not None and entry in stack:
-            stack.remove(entry)
-            led.env_entries -= entry.env
-        if not stack:
-            led.stacks.pop(entry.thread, None)
-        if entry.thread == me:  # in the reverse order of entry: this thread's own first
-            _sync_thread(me, thread_limiters, None)
-            if me in led.mempolicy_saved:
-                _sync_mempolicy(me, None)
-        _sync_process(process_limiters, None)
-        if led.pinned_to is not None:
-            _sync_affinity(None)
+        led.busy = me
+        try:
+            stack = led.stacks.get(entry.thread)
+            if stack is not None and entry in stack:
+                index = stack.index(entry)
+                # Entered later from the same frame: lexically inside this with
+                # block, so they ended with it (their exit was lost to an
+                # exception raised as __exit__ began).
+                frame = entry.site[0] if entry.site else None
+                for later in [e for e in stack[index + 1:]
+                              if frame is not None and e.site and e.site[0] is frame]:
+                    stack.remove(later)
+                    led.env_entries -= later.env
+                stack.remove(entry)
+                led.env_entries -= entry.env
+            if not stack:
+                led.stacks.pop(entry.thread, None)
+                led.owners.pop(entry.thread, None)
+            if entry.thread == me:  # in the reverse order of entry: this thread's own first
+                _sync_thread(me, thread_limiters, None)
+                if me in led.mempolicy_saved:
+                    _sync_mempolicy(me, None)
+            _sync_process(process_limiters, None)
+            if led.pinned_to is not None:
+                _sync_affinity(None)
+            if len(led.stacks) > 1:
+                _drop_dead_threads()
+        finally:
+            led.busy = None
+    if led.pending:
+        _drain_pending()
 
 
 def _sync_process(limiters, applied) -> None:
@@ -447,12 +566,16 @@ def _sync_process(limiters, applied) -> None:
     if value is None:
         for lim in limiters:  # set all, then forget: safe to repeat if interrupted
             before = saved.get(lim.key)
+            if before is None and lim.key in led.natural_keys:
+                before = _original(lim)
             if before is not None:
                 try:
                     lim.set(before)
                 except Exception:  # a library that refuses is not fatal on the way out
                     pass
         saved.clear()  # libraries no longer loaded
+        if not led.thread_saved:
+            led.natural_keys.clear()  # all back at their own sizes
         if led.env_saved is not None:
             _sync_env(None)
         return
@@ -477,7 +600,9 @@ def _original(lim):
     while a budget exported its variables (it read them): then the size it
     takes from the user's environment."""
     if lim.key in _ledger.natural_keys and lim.natural is not None:
-        value = lim.natural(_saved_environ())
+        saved = _ledger.affinity_saved
+        cpus = len(saved["default"]) if saved else len(os.sched_getaffinity(0))
+        value = lim.natural(_saved_environ(), cpus)
         if value:
             return value
     return lim.get()
@@ -554,9 +679,11 @@ def _sync_thread(ident: int, limiters, applied) -> None:
     stack = _ledger.stacks.get(ident)
     saved = _ledger.thread_saved.get(ident)
     if not stack:
-        if saved:
+        if saved is not None:
             for lim in limiters:
                 before = saved.get(lim.key)
+                if before is None and lim.key in _ledger.natural_keys:
+                    before = _original(lim)
                 if before is not None and lim.driven:
                     try:
                         lim.set(before)
@@ -605,8 +732,11 @@ def _sync_affinity(applied) -> None:
             applied.append(Applied("affinity", PROCESS, None, None, "skipped", None,
                             f"topology read from {topo.fsroot}: not this machine"))
         return
-    led.affinity_saved = _numa.pin_affinity(target, led.affinity_saved, applied)
-    led.pinned_to = target
+    # Recorded first: a pin interrupted halfway is still undone.
+    led.pinned_to, led.pin_dirty = target, True
+    if led.affinity_saved is None:
+        led.affinity_saved = {}
+    _numa.pin_affinity(target, led.affinity_saved, applied)
 
 
 def _sync_mempolicy(ident: int, applied) -> None:
@@ -625,8 +755,9 @@ def _sync_mempolicy(ident: int, applied) -> None:
 
 def _outcome(lim, before, after, wanted) -> Applied:
     """A report row: applied, or refused with what the library reads back."""
-    if after == wanted:
-        return Applied(lim.name, lim.scope, before, after, "applied", lim.path, lim.note)
+    if after == wanted:  # built without Applied's Python-level __new__: every entry makes these
+        return _new_row(Applied, (lim.name, lim.scope, before, after, "applied", lim.path,
+                                  lim.note))
     return Applied(lim.name, lim.scope, before, after, "refused", lim.path, f"reads back {after}")
 
 

@@ -40,9 +40,10 @@ class Limiter:
     set: Callable[[int], object]
     note: str | None = None
     driven: bool = True  # False: never called into (the note says why)
-    # The size the library takes from the user's environment at start-up, for
-    # one first loaded while a budget had exported its own variables.
-    natural: Callable[[Mapping[str, str]], int | None] | None = None
+    # The size the library takes at start-up from the user's environment and
+    # the CPUs it may use: for one that started while a budget had exported
+    # its variables or pinned the process.
+    natural: Callable[[Mapping[str, str], int], int | None] | None = None
     accepted: set = field(default_factory=set)  # values a read-back confirmed once
     key: tuple = ()
 

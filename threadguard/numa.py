@@ -62,17 +62,20 @@ def _tids() -> list[int]:
     return [int(t) for t in os.listdir("/proc/self/task")]
 
 
-def pin_affinity(cpus, saved: dict | None, applied) -> dict:
-    """Restrict every thread to ``cpus``. ``saved`` holds each thread's
+def pin_affinity(cpus, saved: dict, applied) -> dict:
+    """Restrict every thread to ``cpus``. ``saved`` gets each thread's
     affinity before the first pin (first value wins) and, as ``"default"``,
-    the process's for threads started since; returned for ``unpin``."""
-    saved = dict(saved) if saved else {}
+    the process's for threads started since, as it goes (an interrupted pin
+    can still be undone); returned for ``unpin``."""
+    first = "default" not in saved
     try:
         saved.setdefault("default", os.sched_getaffinity(0))
         count = 0
         for tid in _tids():
             try:
-                before = os.sched_getaffinity(tid)
+                # A thread first seen after the first pin was born pinned: its
+                # own affinity is the process's from before.
+                before = os.sched_getaffinity(tid) if first else saved.get(tid, saved["default"])
                 os.sched_setaffinity(tid, cpus)
                 saved.setdefault(tid, before)
                 count += 1
@@ -130,7 +133,7 @@ def restore_mempolicy(before) -> None:
 def pin(cpus, memory_nodes, applied) -> dict:
     """Restrict every thread to ``cpus`` and this thread's memory to
     ``memory_nodes``; returns what ``release`` needs to undo both."""
-    saved = pin_affinity(cpus, None, applied)
+    saved = pin_affinity(cpus, {}, applied)
     saved["mempolicy"] = bind_memory(memory_nodes, applied) if memory_nodes else None
     return saved
 

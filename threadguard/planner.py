@@ -94,6 +94,10 @@ def thread_env(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
+# More than any machine has CPUs, and far below what a C int setter would wrap.
+MAX_THREADS = 1 << 16
+
+
 def check_count(value, what: str = "threads", upper: int | None = None) -> int:
     """A positive int, or ValueError naming the value and the valid range."""
     valid = f"1 to {upper}" if upper else "a whole number of at least 1"

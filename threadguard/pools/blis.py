@@ -22,7 +22,7 @@ class _Named(Family):
                                    c_setter(set_), natural=self._natural))
         return out
 
-    def _natural(self, environ) -> int | None:
+    def _natural(self, environ, cpus: int) -> int | None:
         return first_set(environ, (self.variable, "OMP_NUM_THREADS"))
 
     def detect(self, scan: Scan):

@@ -8,7 +8,7 @@ from . import Family, Scan
 from ._cblas import controllers_of, pools_from_limiters
 
 
-def _natural(environ) -> int | None:
+def _natural(environ, cpus: int) -> int | None:
     # MKL_NUM_THREADS, else OMP_NUM_THREADS; unset: MKL's own default (its cores),
     # which is not known from outside: keep what it reports.
     return first_set(environ, ("MKL_NUM_THREADS", "OMP_NUM_THREADS"))

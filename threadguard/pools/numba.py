@@ -18,6 +18,14 @@ def _started():
     return parallel is not None and getattr(parallel, "_is_initialized", False)
 
 
+def _natural(environ, cpus: int) -> int | None:
+    # Its pool is sized once, from NUMBA_NUM_THREADS at import: a smaller
+    # pool cannot grow back (set_num_threads refuses), so this is a ceiling.
+    from ..env_rules import openmp_value
+    value, _ = openmp_value(environ.get("NUMBA_NUM_THREADS"))
+    return value or cpus
+
+
 class Numba(Family):
     key = library = api = "numba"
     prefixes = ("libnumba", "omppool", "tbbpool", "workqueue")
@@ -30,7 +38,7 @@ class Numba(Family):
             return []
         return [Limiter(self.key, self.library, getattr(numba, "__file__", None), THREAD,
                         numba.get_num_threads, numba.set_num_threads,
-                        note="limited to at most NUMBA_NUM_THREADS")]
+                        note="limited to at most NUMBA_NUM_THREADS", natural=_natural)]
 
     def detect(self, scan: Scan) -> list[Pool]:
         numba = sys.modules.get("numba")

@@ -14,17 +14,10 @@ from ._cblas import controllers_of, pools_from_limiters
 _AFFIXES = list(itertools.product(("", "scipy_"), ("", "64_", "_64")))
 
 
-def _natural(dynlib):
-    procs = first_symbol(dynlib, [f"{p}openblas_get_num_procs{s}" for p, s in _AFFIXES])
-    if procs is not None:
-        procs = c_getter(procs)
-
-    def natural(environ) -> int | None:
-        _, value = openblas_value(environ)
-        if value:  # 0 or unset: all its processors
-            return value
-        return procs() if procs is not None else None
-    return natural
+def _natural(environ, cpus: int) -> int | None:
+    # Its variables, else every CPU it may use (it caps that at its build's maximum).
+    _, value = openblas_value(environ)
+    return value or cpus
 
 
 class OpenBLAS(Family):
@@ -44,7 +37,7 @@ class OpenBLAS(Family):
             note = ("built on OpenMP: re-applies its limit per call; its OpenMP runtime is capped "
                     "too" if openmp else None)
             out.append(Limiter(self.key, self.library, ctrl.filepath, THREAD if openmp else PROCESS,
-                               c_getter(get), c_setter(set_), note, natural=_natural(ctrl.dynlib)))
+                               c_getter(get), c_setter(set_), note, natural=_natural))
         return out
 
     def detect(self, scan: Scan):

@@ -8,6 +8,10 @@ from ..limiters import PROCESS, Limiter
 from . import Family, Pool, Scan
 
 
+def _natural(environ, cpus: int) -> int:
+    return cpus  # it sizes itself to the CPUs it may use
+
+
 class OpenCV(Family):
     key = library = api = "opencv"
     prefixes = ("libopencv", "cv2")
@@ -19,7 +23,7 @@ class OpenCV(Family):
         if cv2 is None or not hasattr(cv2, "setNumThreads"):
             return []
         return [Limiter(self.key, self.library, getattr(cv2, "__file__", None), PROCESS,
-                        cv2.getNumThreads, cv2.setNumThreads)]
+                        cv2.getNumThreads, cv2.setNumThreads, natural=_natural)]
 
     def detect(self, scan: Scan) -> list[Pool]:
         cv2 = sys.modules.get("cv2")

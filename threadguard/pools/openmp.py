@@ -16,17 +16,10 @@ from ._cblas import controllers_of, pools_from_limiters
 _KMP_FAMILY = ("libiomp5", "libomp")
 
 
-def _natural(dynlib):
-    procs = getattr(dynlib, "omp_get_num_procs", None)
-    if procs is not None:
-        procs = c_getter(procs)
-
-    def natural(environ) -> int | None:
-        value, _ = openmp_value(environ.get("OMP_NUM_THREADS"))
-        if value:
-            return value
-        return procs() if procs is not None else None
-    return natural
+def _natural(environ, cpus: int) -> int | None:
+    # OMP_NUM_THREADS, else one thread per CPU it may use.
+    value, _ = openmp_value(environ.get("OMP_NUM_THREADS"))
+    return value or cpus
 
 
 class OpenMP(Family):
@@ -53,7 +46,7 @@ class OpenMP(Family):
                                       "the process"))
                 continue
             out.append(Limiter(self.key, self.library, ctrl.filepath, THREAD, c_getter(get),
-                               c_setter(set_), natural=_natural(ctrl.dynlib)))
+                               c_setter(set_), natural=_natural))
         return out
 
     def detect(self, scan: Scan):

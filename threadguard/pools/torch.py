@@ -14,7 +14,7 @@ from ..limiters import PROCESS, Limiter
 from . import Family, Pool, Scan
 
 
-def _natural(environ) -> int | None:
+def _natural(environ, cpus: int) -> int | None:
     # torch reads MKL_NUM_THREADS over OMP_NUM_THREADS at start; unset, its
     # own default (physical cores) is kept as it reports it.
     return first_set(environ, ("MKL_NUM_THREADS", "OMP_NUM_THREADS"))
