@@ -218,9 +218,9 @@ def test_memory_policy_bind_and_restore():
 from threadguard import numa
 before = numa.get_mempolicy()
 applied = []
-saved = numa.pin(sorted(__import__("os").sched_getaffinity(0)), (0,), applied)
+saved = numa.bind_memory((0,), applied)
 inside = numa.get_mempolicy()
-numa.release(saved)
+numa.restore_mempolicy(saved)
 report(before=before, inside=inside, after=numa.get_mempolicy(), applied=[a.status for a in applied])
 """
     with python_child(code) as child:

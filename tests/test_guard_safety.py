@@ -491,3 +491,73 @@ def test_thread_counts_a_c_int_would_wrap_are_refused():
     import threadguard
     with pytest.raises(ValueError, match="1 to 65536"):
         threadguard.budget(2**31)
+
+
+def test_leaving_with_torch_loaded_restores_the_threads_own_openmp_limit():
+    # torch.set_num_threads also sets the calling thread's OpenMP limit: the
+    # thread's own limit must be put back after the process-wide ones.
+    pytest.importorskip("torch")
+    code = """
+import ctypes, threading, torch, threadguard
+from threadguard.libraries import loaded_libraries
+torch.get_num_threads()  # torch's lazy start sets this thread's OpenMP limit once
+gomp = ctypes.CDLL([l.path for l in loaded_libraries().libraries if "gomp" in l.path][0])
+seen = {}
+def worker():
+    torch.get_num_threads(); gomp.omp_set_num_threads(5)
+    seen["before"] = gomp.omp_get_max_threads()
+    with threadguard.budget(1):
+        seen["inside"] = gomp.omp_get_max_threads()
+    seen["after"] = gomp.omp_get_max_threads()
+t = threading.Thread(target=worker); t.start(); t.join()
+report(**seen)
+"""
+    with python_child(code) as child:
+        assert child.facts == {"before": 5, "inside": 1, "after": 5}
+
+
+def test_a_dead_threads_section_is_dropped_when_the_last_live_one_leaves():
+    code = POOLS + """
+import threading, numpy, threadguard
+before = (pools(), os.environ.get("OMP_NUM_THREADS"))
+with threadguard.budget(2):
+    t = threading.Thread(target=lambda: threadguard.budget(1, env=True).__enter__())
+    t.start(); t.join()
+report(before=before, after=(pools(), os.environ.get("OMP_NUM_THREADS")),
+       inside=threadguard.current_budget() is not None)
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["after"] == f["before"] and not f["inside"]
+
+
+def test_a_setting_made_after_an_exporting_section_is_kept():
+    gomp = sklearn_libgomp()
+    code = f"""
+import ctypes, threadguard
+with threadguard.budget(1, env=True):
+    pass
+lib = ctypes.CDLL({gomp!r})  # loaded after the variables were put back
+lib.omp_set_num_threads(1)  # the user's own choice
+with threadguard.budget(2):
+    pass
+report(after=lib.omp_get_max_threads())
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": None}) as child:
+        assert child.facts == {"after": 1}
+
+
+def test_a_budget_used_as_a_decorator_after_being_entered_keeps_its_limits():
+    code = """
+import warnings, numpy, threadguard
+from threadpoolctl import threadpool_info
+blas = lambda: [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"][0]
+warnings.simplefilter("ignore")
+b = threadguard.budget(64)
+with b:
+    direct = blas()
+report(direct=direct, decorated=b(blas)(), cpus=len(os.sched_getaffinity(0)))
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["decorated"] == f["direct"] <= f["cpus"]

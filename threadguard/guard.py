@@ -67,6 +67,7 @@ class _Registry:
         self.triggers: tuple[str, ...] | None = None
         self.modules_count = -1
         self.version = 0  # bumped at each rescan
+        self.lock = threading.RLock()
 
     def current(self) -> tuple[tuple, tuple]:
         """``(process-scope limiters, thread-scope limiters)``; may rescan."""
@@ -80,22 +81,27 @@ class _Registry:
             key = tuple(m in modules for m in triggers)
             self.modules_count = len(modules)
         if generation != self.generation or key != self.modules_key:
-            every = _pools.limiters()
-            led = _ledger
-            if led.env_dirty or led.pin_dirty:  # started under our variables or pinning:
-                known = {lim.key for part in self.split for lim in part}  # they read them
-                led.natural_keys.update(lim.key for lim in every if lim.key not in known)
-            led.env_dirty = led.env_saved is not None
-            led.pin_dirty = led.pinned_to is not None
-            kinds = {k for k, _ in filter(None, (classify(lib.path) for lib in
-                                                 loaded_libraries().libraries))}
-            self.tbb_with_openmp = {"tbb", "openmp"} <= kinds
-            self.split = (tuple(x for x in every if x.scope == PROCESS),
-                          tuple(x for x in every if x.scope == THREAD))
-            # After the scan: a library loaded meanwhile is found next time.
-            self.generation, self.modules_key = linker_generation(), key
-            self.version += 1
+            with self.lock:  # one rescan at a time; a finalizer inside may rescan again
+                self._rescan(generation, key)
         return self.split
+
+    def _rescan(self, generation, key) -> None:
+        """Rebuild the limiters. ``generation`` was read before the scan: a
+        library loaded during it changes the token again, so it is not missed."""
+        every = _pools.limiters()
+        led = _ledger
+        if led.env_dirty or led.pin_dirty:  # started under our variables or pinning:
+            known = {lim.key for part in self.split for lim in part}  # they read them
+            led.natural_keys.update(lim.key for lim in every if lim.key not in known)
+        led.env_dirty = led.env_saved is not None
+        led.pin_dirty = led.pinned_to is not None
+        kinds = {k for k, _ in filter(None, (classify(lib.path) for lib in
+                                             loaded_libraries().libraries))}
+        self.tbb_with_openmp = {"tbb", "openmp"} <= kinds
+        self.split = (tuple(x for x in every if x.scope == PROCESS),
+                      tuple(x for x in every if x.scope == THREAD))
+        self.generation, self.modules_key = generation, key
+        self.version += 1
 
 
 _registry = _Registry()
@@ -175,6 +181,7 @@ class _Ledger:
         self.stacks: dict[int, list[_Entry]] = {}
         self.process_saved: dict[tuple, object] = {}  # limiter key -> original
         self.thread_saved: dict[int, dict[tuple, object]] = {}  # thread -> limiter key -> original
+        self.thread_version: dict[int, tuple] = {}  # thread -> (rescan, Thread) of its originals
         self.env_saved: dict[str, object] | None = None  # variable -> original (raw)
         self.env_entries = 0  # entries inside with env=True
         self.env_dirty = False  # our variables were exported since the last scan
@@ -206,18 +213,21 @@ _current_thread = threading.current_thread
 _WITH_OPCODES = frozenset(dis.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
                                                         "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
                           if name in dis.opmap)
-_VERSION = ("registry version",)  # a thread's saved values are up to date with this rescan
 
 
 def _after_fork_in_child() -> None:
-    """Only the forking thread exists in the child: keep its sections only."""
+    """Only the forking thread exists in the child: keep its sections only.
+    Locks another thread held at fork are made anew."""
     global _ledger
+    _registry.lock = threading.RLock()
     old, me = _ledger, threading.get_ident()
     new = _Ledger()
     if me in old.stacks:
         new.stacks[me] = list(old.stacks[me])
     if me in old.thread_saved:
         new.thread_saved[me] = dict(old.thread_saved[me])
+        if me in old.thread_version:
+            new.thread_version[me] = old.thread_version[me]
     if me in old.mempolicy_saved:
         new.mempolicy_saved[me] = old.mempolicy_saved[me]
     new.process_saved, new.env_saved = dict(old.process_saved), old.env_saved
@@ -279,6 +289,8 @@ class budget:
         if socket is not None:  # validate now: bad input fails at the call site
             make_plan(topology or current_topology(), mode, socket=socket)
         self._last_applied: list = []  # the last entry's report rows (no cycle to the entry)
+        self._inert: dict[int, int] = {}  # thread -> entries that applied nothing
+        self._given_plan = plan
 
     # -- the plan ----------------------------------------------------------
     @property
@@ -308,9 +320,13 @@ class budget:
 
     @property
     def threads(self) -> int:
-        """The threads granted to this thread's innermost entry (0 outside)."""
-        entry = self._mine()
-        return entry.grant if entry is not None else 0
+        """What one-per-process limits are set to now, while this thread is
+        inside this section (0 outside): its share, and no more than any other
+        thread's section asked for."""
+        if self._mine() is None:
+            return 0
+        value = _ledger.process_value()
+        return value if value is not None else 0
 
     @property
     def thread_limit(self) -> int:
@@ -343,15 +359,15 @@ class budget:
                                          "entered from a signal handler or finalizer while "
                                          "this thread was inside threadguard: not applied"))
             self._last_applied = entry.applied
+            self._inert[ident] = self._inert.get(ident, 0) + 1
             return self
         try:
             process_limiters, thread_limiters = _registry.current()
             # A thread's own originals first: a process-wide setter may touch
             # them (torch.set_num_threads sets this thread's OpenMP limit).
-            if thread_limiters:
-                saved = led.thread_saved.get(ident)
-                if saved is None or saved.get(_VERSION) != _registry.version:
-                    _save_thread(ident, thread_limiters)
+            if thread_limiters and led.thread_version.get(ident) != (_registry.version,
+                                                                      _current_thread()):
+                _save_thread(ident, thread_limiters)
             with led.lock:
                 led.busy = ident
                 try:
@@ -365,7 +381,7 @@ class budget:
                     elif site is not None and any(e.site == site for e in stack):
                         _drop_stale(stack, entry.site)
                     if len(led.stacks) > 1:
-                        _drop_dead_threads()
+                        _drop_dead_threads()  # their shares go back before this one is computed
                     if stack:
                         entry.want = _shares.nested_want(plan.threads, stack[-1].top())
                     others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
@@ -392,9 +408,14 @@ class budget:
     def __exit__(self, *exc) -> None:
         try:
             entry = self._mine()
+            ident = _get_ident()
+            inert = self._inert.get(ident)
+            if inert:  # entered while this thread was inside the guard: nothing to undo
+                self._inert[ident] = inert - 1
+                return None
             if entry is not None:
-                if _ledger.busy == entry.thread:  # a finalizer inside threadguard's own
-                    _ledger.pending.append(entry)  # work on this thread: done right after
+                if _ledger.busy == ident:  # a finalizer inside threadguard's own work
+                    _ledger.pending.append(entry)  # on this thread: done right after
                     return None
                 _leave(entry)
                 return None
@@ -407,7 +428,7 @@ class budget:
         owner = next((t for t in list(_ledger.stacks) if self._mine(t) is not None), None)
         if owner is None:
             return None  # not inside: nothing to undo
-        if _ledger.busy is not None:
+        if _ledger.busy == ident:
             _ledger.pending.append(self._mine(owner))
         else:
             _leave(self._mine(owner))
@@ -424,7 +445,7 @@ class budget:
         def section():
             return budget(self.requested, mode=self.mode, pin=self.pin, socket=self.socket,
                           env=self.env, allow_oversubscription=self.allow_oversubscription,
-                          topology=self._topology, plan=self._plan)
+                          topology=self._topology, plan=self._given_plan)
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def run_coroutine(*args, **kwargs):
@@ -496,6 +517,7 @@ def _drop_dead_threads() -> None:
             led.env_entries -= stale.env
         led.owners.pop(ident, None)
         led.thread_saved.pop(ident, None)
+        led.thread_version.pop(ident, None)
         led.mempolicy_saved.pop(ident, None)
 
 
@@ -516,22 +538,16 @@ def _leave(entry: _Entry) -> None:
 
 def _remove_and_sync(entry: _Entry) -> None:
     me = threading.get_ident()
-    # A library loaded inside was never capped: nothing to put back, so no
-    # rescan, unless it started under exported variables or pinning (it read them).
     led = _ledger
-    if led.env_dirty or led.pin_dirty:
-        process_limiters, thread_limiters = _registry.current()
-    else:
-        process_limiters, thread_limiters = _registry.split
     with led.lock:
         led.busy = me
         try:
             stack = led.stacks.get(entry.thread)
             if stack is not None and entry in stack:
                 index = stack.index(entry)
-                # Entered later from the same frame: lexically inside this with
-                # block, so they ended with it (their exit was lost to an
-                # exception raised as __exit__ began).
+                # Entered later from the same frame by a with statement: lexically
+                # inside this with block, so they ended with it (their exit was
+                # lost to an exception raised as __exit__ began).
                 frame = entry.site[0] if entry.site else None
                 for later in [e for e in stack[index + 1:]
                               if frame is not None and e.site and e.site[0] is frame]:
@@ -542,15 +558,34 @@ def _remove_and_sync(entry: _Entry) -> None:
             if not stack:
                 led.stacks.pop(entry.thread, None)
                 led.owners.pop(entry.thread, None)
-            if entry.thread == me:  # in the reverse order of entry: this thread's own first
+        finally:
+            led.busy = None
+    # A library loaded inside was never capped: nothing to put back, so no
+    # rescan, unless it started under exported variables or pinning (it read
+    # them). The entry is out first: a failing rescan cannot keep it in.
+    process_limiters, thread_limiters = _registry.split
+    if led.env_dirty or led.pin_dirty:
+        try:
+            process_limiters, thread_limiters = _registry.current()
+        except Exception:
+            pass
+    with led.lock:
+        led.busy = me
+        try:
+            if any(t != me for t in led.stacks):
+                _drop_dead_threads()
+            # Process-wide first, then this thread's own: a process-wide setter
+            # may set the calling thread's limit too (torch.set_num_threads).
+            _sync_process(process_limiters, None)
+            if entry.thread == me:
                 _sync_thread(me, thread_limiters, None)
                 if me in led.mempolicy_saved:
                     _sync_mempolicy(me, None)
-            _sync_process(process_limiters, None)
             if led.pinned_to is not None:
                 _sync_affinity(None)
-            if len(led.stacks) > 1:
-                _drop_dead_threads()
+            if not led.stacks:  # all back: what loads from now on reads the user's values
+                led.env_dirty = led.pin_dirty = False
+                led.natural_keys.clear()
         finally:
             led.busy = None
     if led.pending:
@@ -574,8 +609,6 @@ def _sync_process(limiters, applied) -> None:
                 except Exception:  # a library that refuses is not fatal on the way out
                     pass
         saved.clear()  # libraries no longer loaded
-        if not led.thread_saved:
-            led.natural_keys.clear()  # all back at their own sizes
         if led.env_saved is not None:
             _sync_env(None)
         return
@@ -659,12 +692,15 @@ def _sync_env(value: int | None, applied=None) -> None:
 
 def _save_thread(ident: int, limiters) -> None:
     """Record this thread's own limits before anything changes them."""
-    saved = _ledger.thread_saved.get(ident)
+    led = _ledger
+    me = _current_thread()
+    known = led.thread_version.get(ident)
+    if known is not None and known[1] is not me:  # a dead thread's id, reused
+        led.thread_saved.pop(ident, None)
+    saved = led.thread_saved.get(ident)
     if saved is None:
-        saved = _ledger.thread_saved[ident] = {}
-    elif saved.get(_VERSION) == _registry.version:
-        return  # saved already, and nothing was loaded since
-    saved[_VERSION] = _registry.version
+        saved = led.thread_saved[ident] = {}
+    led.thread_version[ident] = (_registry.version, me)
     for lim in limiters:
         if lim.driven and lim.key not in saved:
             try:
@@ -674,8 +710,9 @@ def _save_thread(ident: int, limiters) -> None:
 
 
 def _sync_thread(ident: int, limiters, applied) -> None:
-    """This thread's own limits follow its innermost section (the ledger's
-    lock is not needed: only this thread touches them)."""
+    """This thread's own limits follow its innermost section. Only this thread
+    can set them; its records in the ledger may also change under the lock
+    (dead threads, fork), which the callers hold or do not need."""
     stack = _ledger.stacks.get(ident)
     saved = _ledger.thread_saved.get(ident)
     if not stack:
@@ -690,6 +727,7 @@ def _sync_thread(ident: int, limiters, applied) -> None:
                     except Exception:
                         pass
         _ledger.thread_saved.pop(ident, None)
+        _ledger.thread_version.pop(ident, None)
         return
     if saved is None:
         saved = _ledger.thread_saved[ident] = {}

@@ -73,9 +73,8 @@ class _SelfLinkMap:
         self.mem = None
         self.r_debug = 0
         self.tail = 0  # address of the last link_map seen
-        self.tail_bytes = b""
         self.next_ptr = None  # the last node's l_next, read in place
-        self.held = None  # the last library, held open
+        self.held = None  # the last library, held open (its node stays valid)
 
     def ready(self) -> "_SelfLinkMap":
         pid = os.getpid()
@@ -91,7 +90,7 @@ class _SelfLinkMap:
                     self.mem.close()
                 except OSError:
                     pass
-            self.mem, self.r_debug, self.pid, self.tail, self.tail_bytes = mem, r_debug, pid, 0, b""
+            self.mem, self.r_debug, self.pid, self.tail = mem, r_debug, pid, 0
             self.next_ptr = None
         return self
 
@@ -100,9 +99,10 @@ class _SelfLinkMap:
         for _ in range(100):
             state = mem.u32(self.r_debug + 24)  # r_state, after r_version, r_map, r_brk
             found: list[LoadedLibrary] = []
-            last, last_name = 0, None
+            last, last_name, steps = 0, None, 0
             node = mem.u64(self.r_debug + 8)
-            while node and len(found) < 4096:
+            while node and steps < 4096:  # a torn read cannot loop forever
+                steps += 1
                 l_addr, l_name, l_ld, l_next = struct.unpack("<QQQQ", mem.read(node, 32))
                 name = mem.cstring(l_name) if l_name else ""
                 if not found and not name:
@@ -112,7 +112,7 @@ class _SelfLinkMap:
                 last, last_name, node = node, name, l_next
             if state == RT_CONSISTENT and mem.u32(self.r_debug + 24) == RT_CONSISTENT:
                 if last != self.tail:
-                    self.tail, self.tail_bytes = last, mem.read(last, 40) if last else b""
+                    self.tail = last
                     self._hold_tail(last_name if _is_library(last_name or "") else None)
                 return tuple(found)
         raise OSError("the dynamic linker's list kept changing while read")
@@ -121,22 +121,28 @@ class _SelfLinkMap:
         """A token that changes when a library is loaded: the ``l_next`` of
         the last node of the list (a new library is linked after it). The
         last library is held open (``RTLD_NOLOAD``), so it cannot be unloaded
-        and its node is read directly, without a system call."""
-        if self.next_ptr is None:
+        and its node is read directly; one that cannot be held (a relative
+        name) is read with one ``pread``."""
+        if not self.tail:
             self.read()
-            if self.next_ptr is None:  # the last library could not be held
-                return self.tail, self.mem.read(self.tail, 40)
-        return self.tail, self.next_ptr.value
+        tail, ptr = self.tail, self.next_ptr
+        if ptr is not None:
+            return tail, ptr.value
+        return tail, self.mem.read(tail, 40) if tail else b""
 
     def _hold_tail(self, path: str | None) -> None:
         self.next_ptr = None
-        if not path or not self.tail:
-            return
-        try:
-            self.held = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-        except OSError:
-            return
-        self.next_ptr = ctypes.c_void_p.from_address(self.tail + 24)  # l_next
+        # Libraries held before stay held (never closed): another thread may
+        # be reading the node a previous pointer points into.
+        if path and self.tail:
+            try:
+                held = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            except OSError:
+                held = None
+            # glibc's handle is the library's link_map: only that very node is held.
+            if held is not None and held._handle == self.tail:
+                self.held = held
+                self.next_ptr = ctypes.c_void_p.from_address(self.tail + 24)  # l_next
 
 
 _self_map = _SelfLinkMap()
@@ -151,8 +157,9 @@ def linker_generation():
     system call once the last library is held), and it never takes the
     loader's lock."""
     m = _self_map
-    if m.next_ptr is not None and m.pid == _getpid():
-        return m.tail, m.next_ptr.value
+    ptr = m.next_ptr  # read once: another thread may replace it
+    if ptr is not None and m.pid == _getpid():
+        return m.tail, ptr.value
     if _IN_MEMORY:
         try:
             return m.ready().generation()

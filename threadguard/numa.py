@@ -128,18 +128,3 @@ def restore_mempolicy(before) -> None:
         set_mempolicy(mode, nodes if mode != MPOL_DEFAULT else ())
     except OSError:
         pass
-
-
-def pin(cpus, memory_nodes, applied) -> dict:
-    """Restrict every thread to ``cpus`` and this thread's memory to
-    ``memory_nodes``; returns what ``release`` needs to undo both."""
-    saved = pin_affinity(cpus, {}, applied)
-    saved["mempolicy"] = bind_memory(memory_nodes, applied) if memory_nodes else None
-    return saved
-
-
-def release(saved: dict) -> None:
-    """Undo ``pin``."""
-    unpin(saved)
-    if saved.get("mempolicy") is not None:
-        restore_mempolicy(saved["mempolicy"])
