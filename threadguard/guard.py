@@ -365,19 +365,19 @@ class budget:
             process_limiters, thread_limiters = _registry.current()
             # A thread's own originals first: a process-wide setter may touch
             # them (torch.set_num_threads sets this thread's OpenMP limit).
-            if thread_limiters and led.thread_version.get(ident) != (_registry.version,
-                                                                      _current_thread()):
-                _save_thread(ident, thread_limiters)
+            thread = _current_thread()
+            if thread_limiters and led.thread_version.get(ident) != (_registry.version, thread):
+                _save_thread(ident, thread, thread_limiters)
             with led.lock:
                 led.busy = ident
                 try:
                     stack = led.stacks.get(ident)
                     if stack is None:
                         stack = led.stacks[ident] = []
-                        led.owners[ident] = _current_thread()
-                    elif led.owners.get(ident) is not _current_thread():  # a dead thread's id
+                        led.owners[ident] = thread
+                    elif led.owners.get(ident) is not thread:  # a dead thread's id
                         _drop_stale(stack, None)
-                        led.owners[ident] = _current_thread()
+                        led.owners[ident] = thread
                     elif site is not None and any(e.site == site for e in stack):
                         _drop_stale(stack, entry.site)
                     if len(led.stacks) > 1:
@@ -537,59 +537,76 @@ def _leave(entry: _Entry) -> None:
 
 
 def _remove_and_sync(entry: _Entry) -> None:
-    me = threading.get_ident()
+    me = _get_ident()
     led = _ledger
-    with led.lock:
-        led.busy = me
-        try:
-            stack = led.stacks.get(entry.thread)
-            if stack is not None and entry in stack:
-                index = stack.index(entry)
-                # Entered later from the same frame by a with statement: lexically
-                # inside this with block, so they ended with it (their exit was
-                # lost to an exception raised as __exit__ began).
-                frame = entry.site[0] if entry.site else None
-                for later in [e for e in stack[index + 1:]
-                              if frame is not None and e.site and e.site[0] is frame]:
-                    stack.remove(later)
-                    led.env_entries -= later.env
-                stack.remove(entry)
-                led.env_entries -= entry.env
-            if not stack:
-                led.stacks.pop(entry.thread, None)
-                led.owners.pop(entry.thread, None)
-        finally:
-            led.busy = None
     # A library loaded inside was never capped: nothing to put back, so no
     # rescan, unless it started under exported variables or pinning (it read
     # them). The entry is out first: a failing rescan cannot keep it in.
-    process_limiters, thread_limiters = _registry.split
-    if led.env_dirty or led.pin_dirty:
-        try:
-            process_limiters, thread_limiters = _registry.current()
-        except Exception:
-            pass
+    rescan = led.env_dirty or led.pin_dirty
     with led.lock:
         led.busy = me
         try:
-            if any(t != me for t in led.stacks):
-                _drop_dead_threads()
-            # Process-wide first, then this thread's own: a process-wide setter
-            # may set the calling thread's limit too (torch.set_num_threads).
-            _sync_process(process_limiters, None)
-            if entry.thread == me:
-                _sync_thread(me, thread_limiters, None)
-                if me in led.mempolicy_saved:
-                    _sync_mempolicy(me, None)
-            if led.pinned_to is not None:
-                _sync_affinity(None)
-            if not led.stacks:  # all back: what loads from now on reads the user's values
-                led.env_dirty = led.pin_dirty = False
-                led.natural_keys.clear()
+            _remove(entry)
+            if not rescan:
+                _sync_after_exit(entry, me, _registry.split)
         finally:
             led.busy = None
+    if rescan:
+        limiters = _registry.split
+        try:
+            limiters = _registry.current()
+        except Exception:
+            pass
+        with led.lock:
+            led.busy = me
+            try:
+                _sync_after_exit(entry, me, limiters)
+            finally:
+                led.busy = None
     if led.pending:
         _drain_pending()
+
+
+def _remove(entry: _Entry) -> None:
+    """Take ``entry`` out of its thread's stack (the ledger's lock is held)."""
+    led = _ledger
+    stack = led.stacks.get(entry.thread)
+    if stack is not None and entry in stack:
+        index = stack.index(entry)
+        # Entered later from the same frame by a with statement: lexically
+        # inside this with block, so they ended with it (their exit was lost
+        # to an exception raised as __exit__ began).
+        frame = entry.site[0] if entry.site else None
+        if frame is not None and index + 1 < len(stack):
+            for later in [e for e in stack[index + 1:] if e.site and e.site[0] is frame]:
+                stack.remove(later)
+                led.env_entries -= later.env
+        stack.remove(entry)
+        led.env_entries -= entry.env
+    if not stack:
+        led.stacks.pop(entry.thread, None)
+        led.owners.pop(entry.thread, None)
+
+
+def _sync_after_exit(entry: _Entry, me: int, limiters) -> None:
+    """Everything follows the ledger again (its lock is held)."""
+    led = _ledger
+    stacks = led.stacks
+    if len(stacks) > 1 or (stacks and me not in stacks):
+        _drop_dead_threads()
+    process_limiters, thread_limiters = limiters
+    # Process-wide first, then this thread's own: a process-wide setter may
+    # set the calling thread's limit too (torch.set_num_threads).
+    _sync_process(process_limiters, None)
+    if entry.thread == me:
+        _sync_thread(me, thread_limiters, None)
+        if me in led.mempolicy_saved:
+            _sync_mempolicy(me, None)
+    if led.pinned_to is not None:
+        _sync_affinity(None)
+    if not stacks:  # all back: what loads from now on reads the user's values
+        led.env_dirty = led.pin_dirty = False
+        led.natural_keys.clear()
 
 
 def _sync_process(limiters, applied) -> None:
@@ -690,10 +707,9 @@ def _sync_env(value: int | None, applied=None) -> None:
                         " ".join(names)))
 
 
-def _save_thread(ident: int, limiters) -> None:
+def _save_thread(ident: int, me: threading.Thread, limiters) -> None:
     """Record this thread's own limits before anything changes them."""
     led = _ledger
-    me = _current_thread()
     known = led.thread_version.get(ident)
     if known is not None and known[1] is not me:  # a dead thread's id, reused
         led.thread_saved.pop(ident, None)
