@@ -114,13 +114,15 @@ def r_debug_address(mem: ProcessMemory, auxv: dict[int, int]) -> int:
 
 
 def link_map_chain(mem: ProcessMemory, r_debug: int, limit: int = 4096):
-    """``(l_addr, l_name, l_ld)`` of each loaded object, in load order."""
+    """``(node, l_addr, l_name, l_ld)`` of each loaded object, in load order
+    (``node``: the address of its ``link_map``). At most ``limit`` entries, so
+    a torn read cannot loop forever."""
     node = mem.u64(r_debug + 8)  # r_map, after int r_version (padded)
     seen = 0
     while node and seen < limit:
         l_addr, l_name, l_ld, l_next = struct.unpack("<QQQQ", mem.read(node, 32))
         name = mem.cstring(l_name) if l_name else ""
-        yield l_addr, name, l_ld
+        yield node, l_addr, name, l_ld
         node = l_next
         seen += 1
 

@@ -156,7 +156,7 @@ def _encoded(value: int):
 class _Entry:
     """One entry of a budget section, in one thread."""
 
-    __slots__ = ("section", "thread", "want", "capacity", "grant", "thread_grant", "pin",
+    __slots__ = ("section", "thread", "want", "capacity", "thread_grant", "pin",
                  "memory_nodes", "env", "applied", "site")
 
     def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None):
@@ -166,7 +166,7 @@ class _Entry:
         self.site = site
         self.section, self.thread, self.want, self.capacity = section, thread, want, capacity
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
-        self.grant = self.thread_grant = 0
+        self.thread_grant = 0
         self.applied: list = []
 
     def top(self) -> _shares.Top:
@@ -385,7 +385,7 @@ class budget:
                     if stack:
                         entry.want = _shares.nested_want(plan.threads, stack[-1].top())
                     others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
-                    entry.grant, entry.thread_grant = _shares.entry_grants(
+                    _, entry.thread_grant = _shares.entry_grants(
                         entry.want, entry.capacity, others)
                     stack.append(entry)
                     led.env_entries += entry.env

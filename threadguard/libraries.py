@@ -98,23 +98,14 @@ class _SelfLinkMap:
         mem = self.mem
         for _ in range(100):
             state = mem.u32(self.r_debug + 24)  # r_state, after r_version, r_map, r_brk
-            found: list[LoadedLibrary] = []
-            last, last_name, steps = 0, None, 0
-            node = mem.u64(self.r_debug + 8)
-            while node and steps < 4096:  # a torn read cannot loop forever
-                steps += 1
-                l_addr, l_name, l_ld, l_next = struct.unpack("<QQQQ", mem.read(node, 32))
-                name = mem.cstring(l_name) if l_name else ""
-                if not found and not name:
-                    name = os.path.realpath("/proc/self/exe")
-                if _is_library(name):
-                    found.append(LoadedLibrary(os.path.normpath(name), len(found), l_addr, l_ld))
-                last, last_name, node = node, name, l_next
+            found, last, last_name = _libraries_of(
+                _procmem.link_map_chain(mem, self.r_debug),
+                lambda: os.path.realpath("/proc/self/exe"))
             if state == RT_CONSISTENT and mem.u32(self.r_debug + 24) == RT_CONSISTENT:
                 if last != self.tail:
                     self.tail = last
                     self._hold_tail(last_name if _is_library(last_name or "") else None)
-                return tuple(found)
+                return found
         raise OSError("the dynamic linker's list kept changing while read")
 
     def generation(self):
@@ -178,13 +169,22 @@ def _link_map_libraries(pid: int) -> tuple[LoadedLibrary, ...]:
     with _procmem.ProcessMemory(pid) as mem:
         auxv = _procmem.read_auxv(pid)
         r_debug = _procmem.r_debug_address(mem, auxv)
-        found = []
-        for l_addr, name, l_ld in _procmem.link_map_chain(mem, r_debug):
-            if not found and not name:
-                name = os.readlink(f"/proc/{pid}/exe")
-            if _is_library(name):
-                found.append(LoadedLibrary(os.path.normpath(name), len(found), l_addr, l_ld))
-        return tuple(found)
+        return _libraries_of(_procmem.link_map_chain(mem, r_debug),
+                             lambda: os.readlink(f"/proc/{pid}/exe"))[0]
+
+
+def _libraries_of(chain, program) -> tuple[tuple[LoadedLibrary, ...], int, str | None]:
+    """The libraries of a ``link_map`` chain (the program's own entry has no
+    name: ``program()`` gives it), with the last node's address and name."""
+    found: list[LoadedLibrary] = []
+    last, last_name = 0, None
+    for node, l_addr, name, l_ld in chain:
+        if not found and not name:
+            name = program()
+        if _is_library(name):
+            found.append(LoadedLibrary(os.path.normpath(name), len(found), l_addr, l_ld))
+        last, last_name = node, name
+    return tuple(found), last, last_name
 
 
 def read_maps(pid: int | str) -> list[Mapping]:
