@@ -41,7 +41,7 @@ from .applied import Applied
 from . import numa as _numa
 from . import pools as _pools
 from . import shares as _shares
-from .libraries import linker_generation, loaded_libraries
+from .libraries import linker_generation
 from .limiters import PROCESS, THREAD
 from .machine import Topology, read_topology
 from .planner import FALLS_BACK_TO_OMP, MAX_THREADS, Plan, check_count, check_mode, make_plan
@@ -88,15 +88,15 @@ class _Registry:
     def _rescan(self, generation, key) -> None:
         """Rebuild the limiters. ``generation`` was read before the scan: a
         library loaded during it changes the token again, so it is not missed."""
-        every = _pools.limiters()
+        scanned = _pools.scan()
+        every = _pools.limiters(scanned)
         led = _ledger
         if led.env_dirty or led.pin_dirty:  # started under our variables or pinning:
             known = {lim.key for part in self.split for lim in part}  # they read them
             led.natural_keys.update(lim.key for lim in every if lim.key not in known)
         led.env_dirty = led.env_saved is not None
         led.pin_dirty = led.pinned_to is not None
-        kinds = {k for k, _ in filter(None, (classify(lib.path) for lib in
-                                             loaded_libraries().libraries))}
+        kinds = {k for k, _ in filter(None, map(classify, scanned.order))}
         self.tbb_with_openmp = {"tbb", "openmp"} <= kinds
         self.split = (tuple(x for x in every if x.scope == PROCESS),
                       tuple(x for x in every if x.scope == THREAD))

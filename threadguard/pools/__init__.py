@@ -50,7 +50,7 @@ class Scan:
     loaded libraries, in the dynamic linker's order, and that order."""
 
     controllers: tuple
-    order: dict  # real path -> position in the linker's list
+    order: dict  # real path of every loaded library -> position in the linker's list
 
     def position(self, path: str | None) -> int:
         return self.order.get(os.path.realpath(path), 1 << 30) if path else 1 << 30

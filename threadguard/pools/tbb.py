@@ -24,14 +24,12 @@ class TBB(Family):
     color = "#8172b3"
 
     def detect(self, scan: Scan) -> list[Pool]:
-        from ..libraries import loaded_libraries
         from ..runtime_libs import classify
 
         pools = []
-        for lib_ in loaded_libraries().libraries:
-            if (classify(lib_.path) or ("", ""))[1] != "libtbb":
+        for path in sorted(scan.order, key=scan.order.get):  # in load order
+            if (classify(path) or ("", ""))[1] != "libtbb":
                 continue
-            path = lib_.path
             try:
                 lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
                 concurrency = getattr(lib, _MAX_CONCURRENCY)
