@@ -368,3 +368,48 @@ report(same=dict(os.environ) == before, kmp=os.environ.get("KMP_DUPLICATE_LIB_OK
 """
     with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}) as child:
         assert child.facts == {"same": True, "kmp": None}
+
+
+def test_a_lone_section_reports_and_restores_as_one_entered_beside_another():
+    # A section entered while no other is inside takes a shorter way; one
+    # entered while another thread is inside takes the ledger's general way.
+    # Both must report the same rows and leave the same limits, also when the
+    # other thread comes and goes while the lone section is inside.
+    gomp = sklearn_libgomp()
+    code = f"""
+import threading, numpy, threadguard
+from threadpoolctl import threadpool_info
+start_openmp({gomp!r}, 2)
+def pools():
+    return sorted((i["internal_api"], i["num_threads"]) for i in threadpool_info())
+def rows(b):
+    return sorted((a.target, a.scope, a.before, a.after, a.status) for a in b.report())
+before = pools()
+with threadguard.budget(1) as b:
+    lone = rows(b)
+inside, leave = threading.Event(), threading.Event()
+def other():
+    with threadguard.budget(2):
+        inside.set(); leave.wait()
+t = threading.Thread(target=other); t.start(); inside.wait()
+with threadguard.budget(1) as b:
+    beside = rows(b)
+leave.set(); t.join()
+after_beside = pools()
+inside.clear(); leave.clear()
+with threadguard.budget(1) as b:  # lone at entry; the other comes and goes inside
+    t = threading.Thread(target=other); t.start(); inside.wait(); leave.set(); t.join()
+    still = pools()
+after_mixed = pools()
+report(before=before, lone=lone, beside=beside, after_beside=after_beside, still=still,
+       after_mixed=after_mixed, cpus=len(os.sched_getaffinity(0)))
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    if f["cpus"] < 2:
+        pytest.skip("needs 2 CPUs to tell a grant of 1 from the original")
+    assert f["lone"] and f["lone"] == f["beside"]
+    assert {(r[0], r[3], r[4]) for r in f["lone"]} == {("openblas", 1, "applied"),
+                                                      ("libgomp", 1, "applied")}
+    assert f["after_beside"] == f["before"] == f["after_mixed"]
+    assert dict(f["still"])["openblas"] == 1  # the other thread's exit kept this one's cap

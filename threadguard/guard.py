@@ -44,7 +44,8 @@ from . import shares as _shares
 from .libraries import linker_generation
 from .limiters import PROCESS, THREAD
 from .machine import Topology, read_topology
-from .planner import FALLS_BACK_TO_OMP, MAX_THREADS, Plan, check_count, check_mode, make_plan
+from .planner import (FALLS_BACK_TO_OMP, MAX_THREADS, MODES, Plan, check_count, check_mode,
+                      make_plan)
 from .runtime_libs import classify
 
 
@@ -159,14 +160,15 @@ class _Entry:
     __slots__ = ("section", "thread", "want", "capacity", "thread_grant", "pin",
                  "memory_nodes", "env", "applied", "site")
 
-    def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None):
+    def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None,
+                 thread_grant=0):
         # (frame, instruction) of the with statement that entered (None: entered
         # by a call). The frame itself is held, not its id: ids of ended frames
         # are reused, and a section may outlive the frame that entered it.
         self.site = site
         self.section, self.thread, self.want, self.capacity = section, thread, want, capacity
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
-        self.thread_grant = 0
+        self.thread_grant = thread_grant
         self.applied: list = []
 
     def top(self) -> _shares.Top:
@@ -193,6 +195,17 @@ class _Ledger:
         self.affinity_saved: dict | None = None  # tid -> CPUs; "default" -> for new threads
         self.pinned_to: frozenset | None = None
         self.mempolicy_saved: dict[int, object] = {}  # thread -> (mode, nodes)
+        # Only lone sections entered and left the fast way since the ledger was
+        # last found clean: set False by every other entry, found again when
+        # the last section has left (``clean()``).
+        self.plain = True
+
+    def clean(self) -> bool:
+        """No exported variables, pins, memory policies, natural sizes, saved
+        originals or queued exits: nothing but what the fast way handles."""
+        return (self.env_saved is None and self.pinned_to is None and not self.natural_keys
+                and not self.env_dirty and not self.pin_dirty and not self.mempolicy_saved
+                and not self.env_entries and not self.pending and not self.process_saved)
 
     def tops(self, skip: int | None = None) -> list[_shares.Top]:
         return [s[-1].top() for i, s in self.stacks.items() if s and i != skip]
@@ -210,6 +223,7 @@ class _Ledger:
 _ledger = _Ledger()
 _get_ident, _getframe, _new_row = threading.get_ident, sys._getframe, tuple.__new__
 _current_thread = threading.current_thread
+_modules = sys.modules
 _WITH_OPCODES = frozenset(dis.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
                                                         "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
                           if name in dis.opmap)
@@ -220,6 +234,7 @@ def _after_fork_in_child() -> None:
     Locks another thread held at fork are made anew."""
     global _ledger
     _registry.lock = threading.RLock()
+    _plans_here.clear()
     old, me = _ledger, threading.get_ident()
     new = _Ledger()
     if me in old.stacks:
@@ -237,6 +252,7 @@ def _after_fork_in_child() -> None:
     new.pin_dirty = old.pin_dirty
     if me in old.owners:
         new.owners[me] = old.owners[me]
+    new.plain = not new.stacks and new.clean()
     _ledger = new
     try:  # the other threads' sections are gone: their limits and pins too
         _sync_process(_registry.split[0], None)
@@ -272,40 +288,50 @@ class budget:
                  pin: bool | None = False, socket: int | None = None, env: bool = False,
                  allow_oversubscription: bool = False, topology: Topology | None = None,
                  plan: Plan | None = None):
-        if threads is not None:
-            check_count(threads, upper=MAX_THREADS)
+        if threads is not None and (type(threads) is not int or not 0 < threads <= MAX_THREADS):
+            check_count(threads, upper=MAX_THREADS)  # raises, naming the valid range
         self.requested = threads
-        self.mode = check_mode(mode)
+        self.mode = mode if mode in MODES else check_mode(mode)
         self.pin = pin
         self.socket = socket
         self.env = bool(env)
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
         self._plan: Plan | None = plan
+        self._given_plan = plan
         self._capacity = 0
         if plan is not None:  # an exact share (a worker's), applied as planned
             self.requested = plan.threads
             self._capacity = max((topology or current_topology()).effective_cpus, plan.threads)
+        elif topology is None:  # planned already in this process: nothing left for entry
+            cached = _plans_here.get((self.mode, threads, socket, pin, allow_oversubscription))
+            if cached is not None and not cached[3]:
+                self._plan, self._capacity = cached[1], cached[2]
+                return
         if socket is not None:  # validate now: bad input fails at the call site
             make_plan(topology or current_topology(), mode, socket=socket)
-        self._last_applied: list = []  # the last entry's report rows (no cycle to the entry)
-        self._inert: dict[int, int] = {}  # thread -> entries that applied nothing
-        self._given_plan = plan
+
+    _last_applied: list | tuple = ()  # the last entry's report rows (no cycle to the entry)
+    _inert: dict[int, int] | None = None  # thread -> entries that applied nothing (made when needed)
 
     # -- the plan ----------------------------------------------------------
     @property
     def plan(self) -> Plan:
         if self._plan is None:
-            topo = self._topology or current_topology()
-            plan = _planned(topo, self.mode, self.requested, self.socket, self.pin)
-            if self.requested is not None and self.requested > topo.effective_cpus:
-                if not self.allow_oversubscription:
-                    warnings.warn(
-                        f"budget of {self.requested} threads for {topo.effective_cpus} effective "
-                        f"CPUs ({topo.effective_source}); pass allow_oversubscription=True if "
-                        "this is meant", OversubscriptionWarning, stacklevel=3)
-            self._capacity = (max(topo.effective_cpus, plan.threads)
-                              if self.allow_oversubscription else topo.effective_cpus)
+            args = (self.mode, self.requested, self.socket, self.pin, self.allow_oversubscription)
+            if self._topology is None:  # this process's: planned once per process
+                cached = _plans_here.get(args)
+                if cached is None:
+                    cached = _plans_here[args] = _planned(current_topology(), *args)
+            else:
+                cached = _planned(self._topology, *args)
+            topo, plan, capacity, over = cached
+            if over:
+                warnings.warn(
+                    f"budget of {self.requested} threads for {topo.effective_cpus} effective "
+                    f"CPUs ({topo.effective_source}); pass allow_oversubscription=True if "
+                    "this is meant", OversubscriptionWarning, stacklevel=3)
+            self._capacity = capacity
             self._plan = plan
         return self._plan
 
@@ -337,7 +363,10 @@ class budget:
     def report(self) -> list[Applied]:
         """What the last entry applied to which library or setting."""
         entry = self._mine()
-        return list(entry.applied if entry is not None else self._last_applied)
+        rows = entry.applied if entry is not None else self._last_applied
+        # A lone section records (limiter, before, after, wanted): rows are
+        # built here, not on every entry.
+        return [row if isinstance(row, Applied) else _outcome(*row) for row in rows]
 
     # -- entering and leaving ---------------------------------------------
     def __enter__(self) -> "budget":
@@ -348,6 +377,9 @@ class budget:
         # Only a with statement's entry may be judged by where it was made.
         site = (caller, lasti) if caller.f_code.co_code[lasti] in _WITH_OPCODES else None
         del caller
+        if not (_ledger.stacks or plan.pin or self.env or _ledger.busy == ident):
+            if self._enter_alone(plan, ident, site):
+                return self
         if plan.pin:
             entry = _Entry(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
                            tuple(plan.memory_nodes or ()), self.env, site)
@@ -359,6 +391,8 @@ class budget:
                                          "entered from a signal handler or finalizer while "
                                          "this thread was inside threadguard: not applied"))
             self._last_applied = entry.applied
+            if self._inert is None:
+                self._inert = {}
             self._inert[ident] = self._inert.get(ident, 0) + 1
             return self
         try:
@@ -370,6 +404,7 @@ class budget:
                 _save_thread(ident, thread, thread_limiters)
             with led.lock:
                 led.busy = ident
+                led.plain = False
                 try:
                     stack = led.stacks.get(ident)
                     if stack is None:
@@ -406,10 +441,15 @@ class budget:
         return self
 
     def __exit__(self, *exc) -> None:
+        ident = _get_ident()
+        stack = _ledger.stacks.get(ident)
+        if (stack is not None and len(stack) == 1 and stack[0].section is self
+                and (self._inert is None or not self._inert.get(ident))
+                and _exit_alone(stack[0], ident)):
+            return None
         try:
             entry = self._mine()
-            ident = _get_ident()
-            inert = self._inert.get(ident)
+            inert = self._inert.get(ident) if self._inert is not None else None
             if inert:  # entered while this thread was inside the guard: nothing to undo
                 self._inert[ident] = inert - 1
                 return None
@@ -438,6 +478,76 @@ class budget:
             f"budget entered in thread {owner} was left in thread {ident}: process-wide limits "
             "and the environment are restored now; that thread's own OpenMP limits are "
             "restored at its next budget call. Enter and leave a budget in one thread.")
+
+    def _enter_alone(self, plan, ident: int, site) -> bool:
+        """Entry while no thread is inside any section, the common case, with
+        none of the ledger's arithmetic: a lone section's grant is what it
+        asked for, capped by its capacity. Not pinned, exports nothing. False:
+        the ledger is not empty and clean after all; take the general way."""
+        led = _ledger
+        reg = _registry
+        if linker_generation() == reg.generation and len(_modules) == reg.modules_count:
+            process_limiters, thread_limiters = reg.split  # nothing loaded or imported since
+        else:
+            process_limiters, thread_limiters = reg.current()
+        want = grant = plan.threads
+        capacity = self._capacity
+        if capacity < grant:
+            grant = capacity
+        entry = _Entry(self, ident, want, capacity, None, (), False, site, grant)
+        rows = entry.applied  # (limiter, before, after, wanted): report() builds the rows
+        thread_saved = {}
+        try:
+            # This thread's own limits first: a process-wide setter may set
+            # them too (torch.set_num_threads sets this thread's OpenMP limit),
+            # to the same grant here; the originals are read before it does.
+            for lim in thread_limiters:
+                if not lim.driven:
+                    rows.append(Applied(lim.name, lim.scope, None, None, "skipped", lim.path,
+                                        f"not driven: {lim.note}"))
+                    continue
+                try:
+                    thread_saved[lim.key] = before = lim.get()
+                    lim.set(grant)
+                    after = grant if grant in lim.accepted else lim.apply(grant)
+                except Exception as err:  # reported, not fatal
+                    rows.append(_refused(lim, thread_saved.get(lim.key), err))
+                    continue
+                rows.append((lim, before, after, grant))
+            thread = _current_thread()
+            with led.lock:
+                led.busy = ident  # first: a finalizer run from here must not take the lock
+                try:
+                    if not led.plain or led.stacks or ident in led.thread_saved:
+                        thread = None  # not alone after all
+                    else:
+                        led.stacks[ident] = [entry]
+                        led.owners[ident] = thread
+                        led.thread_saved[ident] = thread_saved
+                        saved = led.process_saved
+                        for lim in process_limiters:
+                            try:
+                                saved[lim.key] = before = lim.get()
+                                lim.set(grant)  # read back once per value, as Limiter.apply
+                                after = grant if grant in lim.accepted else lim.apply(grant)
+                            except Exception as err:  # reported, not fatal
+                                rows.append(_refused(lim, saved.get(lim.key), err))
+                                continue
+                            rows.append((lim, before, after, grant))
+                finally:
+                    led.busy = None
+            if thread is None:
+                _put_back(thread_limiters, thread_saved)
+                return False
+            if led.pending:
+                _drain_pending()
+        except BaseException:  # also a signal handler's: nothing is left half-entered
+            if led.thread_saved.get(ident) is not thread_saved:  # not in the ledger yet
+                _put_back(thread_limiters, thread_saved)
+            _leave(entry)
+            raise
+        self._last_applied = rows
+        return True
 
     def __call__(self, func):
         """A decorator: a new section around each call (around each run of a
@@ -474,18 +584,23 @@ class budget:
 
 
 _plan_cache: dict = {}
+_plans_here: dict = {}  # arguments -> planned on current_topology(); emptied at fork
 
 
-def _planned(topo, mode, requested, socket, pin) -> Plan:
-    """Plans by topology object (compared by identity: hashing one is slow)."""
-    key = (id(topo), mode, requested, socket, pin)
+def _planned(topo, mode, requested, socket, pin, allow) -> tuple[Topology, Plan, int, bool]:
+    """``(topo, plan, capacity, oversubscribed)``, by topology object
+    (compared by identity: hashing one is slow)."""
+    key = (id(topo), mode, requested, socket, pin, allow)
     cached = _plan_cache.get(key)
     if cached is None or cached[0] is not topo:
         if len(_plan_cache) > 256:
             _plan_cache.clear()
-        cached = _plan_cache[key] = (topo, make_plan(topo, mode, threads=requested,
-                                                     socket=socket, pin=pin))
-    return cached[1]
+        plan = make_plan(topo, mode, threads=requested, socket=socket, pin=pin)
+        cpus = topo.effective_cpus
+        cached = _plan_cache[key] = (
+            topo, plan, max(cpus, plan.threads) if allow else cpus,
+            requested is not None and requested > cpus and not allow)
+    return cached
 
 
 # -- making the process follow the ledger ------------------------------------------
@@ -519,6 +634,59 @@ def _drop_dead_threads() -> None:
         led.thread_saved.pop(ident, None)
         led.thread_version.pop(ident, None)
         led.mempolicy_saved.pop(ident, None)
+
+
+def _exit_alone(entry: _Entry, ident: int) -> bool:
+    """Exit of the only section inside, entered by this thread: the originals
+    go back with none of the ledger's arithmetic. False: take the general way
+    (other sections, pins, exported variables, or a rescan due)."""
+    led = _ledger
+    if led.busy == ident:  # a finalizer inside threadguard's own work: queued
+        return False
+    process_limiters, thread_limiters = _registry.split
+    try:
+        with led.lock:
+            led.busy = ident  # first: a finalizer run from here must not take the lock
+            try:
+                # Plain: only sections entered the fast way since the ledger was
+                # empty; this thread's, seen in its stack, is then the only one.
+                if not led.plain:
+                    return False
+                del led.stacks[ident]
+                led.owners.pop(ident, None)
+                saved = led.process_saved
+                for lim in process_limiters:  # set all, then forget: safe to repeat
+                    before = saved.get(lim.key)
+                    if before is not None:
+                        try:
+                            lim.set(before)
+                        except Exception:  # a library that refuses is not fatal on the way out
+                            pass
+                saved.clear()
+            finally:
+                led.busy = None
+        thread_saved = led.thread_saved.get(ident)
+        if thread_saved:
+            _put_back(thread_limiters, thread_saved)
+        led.thread_saved.pop(ident, None)
+        led.thread_version.pop(ident, None)
+        if led.pending:
+            _drain_pending()
+    except BaseException:  # a signal handler's: finish the restore first
+        _leave(entry)
+        raise
+    return True
+
+
+def _put_back(thread_limiters, saved: dict) -> None:
+    """This thread's own limits back to ``saved``."""
+    for lim in thread_limiters:
+        before = saved.get(lim.key)
+        if before is not None:
+            try:
+                lim.set(before)
+            except Exception:  # a library that refuses is not fatal on the way out
+                pass
 
 
 def _leave(entry: _Entry) -> None:
@@ -607,6 +775,7 @@ def _sync_after_exit(entry: _Entry, me: int, limiters) -> None:
     if not stacks:  # all back: what loads from now on reads the user's values
         led.env_dirty = led.pin_dirty = False
         led.natural_keys.clear()
+        led.plain = led.clean()
 
 
 def _sync_process(limiters, applied) -> None:

@@ -140,7 +140,6 @@ _self_map = _SelfLinkMap()
 
 
 _IN_MEMORY = _procmem.SUPPORTED and sys.platform.startswith("linux")
-_getpid = os.getpid
 
 
 def linker_generation():
@@ -149,8 +148,8 @@ def linker_generation():
     loader's lock."""
     m = _self_map
     ptr = m.next_ptr  # read once: another thread may replace it
-    if ptr is not None and m.pid == _getpid():
-        return m.tail, ptr.value
+    if ptr is not None:  # still right after fork: the child's copy, at the same address
+        return ptr, ptr.value
     if _IN_MEMORY:
         try:
             return m.ready().generation()

@@ -67,7 +67,10 @@ def c_getter(fn) -> Callable[[], int | None]:
 
 
 def c_setter(fn) -> Callable[[int], object]:
-    fn.restype, fn.argtypes = None, [ctypes.c_int]
+    # No argtypes: ctypes passes a Python int as a C int by itself, at half
+    # the cost of a declared converter (budgets call setters on every entry
+    # and exit). Callers pass only ints already bounded by MAX_THREADS.
+    fn.restype, fn.argtypes = None, None
     return fn
 
 
