@@ -561,3 +561,116 @@ report(direct=direct, decorated=b(blas)(), cpus=len(os.sched_getaffinity(0)))
     with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
         f = child.facts
     assert f["decorated"] == f["direct"] <= f["cpus"]
+
+
+def test_an_interrupt_at_the_start_of_any_guard_function_leaves_nothing_behind():
+    # A signal handler's exception can come at any function entry (where the
+    # interpreter runs pending handlers). Every function the guard runs in
+    # one entry and exit, interrupted in turn at its first line, must leave
+    # the limits and the ledger as before; but __exit__'s own first line:
+    # no context manager can catch an exception raised before its code runs.
+    code = POOLS + f"""
+import ctypes, sys, threadguard
+from threadguard import guard
+gomp = start_openmp({sklearn_libgomp()!r}, 2)
+gomp.omp_get_max_threads.restype = ctypes.c_int
+import numpy
+def state():
+    led = guard._ledger
+    return (pools(), gomp.omp_get_max_threads(), dict(led.stacks), dict(led.process_saved),
+            dict(led.thread_saved), led.busy)
+def cycle():
+    with threadguard.budget(1):
+        pass
+cycle(); cycle()
+before = repr(state())
+called = []
+def spy(frame, event, arg):
+    if event == "call" and "threadguard" in frame.f_code.co_filename:
+        called.append(frame.f_code.co_name)
+sys.settrace(spy); cycle(); sys.settrace(None)
+targets = [(name, called[:i].count(name)) for i, name in enumerate(called) if name != "__exit__"]
+left, hit = {{}}, []
+for name, nth in targets:
+    seen = {{}}
+    def interrupt(frame, event, arg, name=name, nth=nth):
+        if event == "call" and "threadguard" in frame.f_code.co_filename:
+            here = frame.f_code.co_name
+            seen[here] = seen.get(here, 0) + 1
+            if here == name and seen[here] - 1 == nth:
+                sys.settrace(None)
+                hit.append(f"{{name}}#{{nth}}")
+                raise KeyboardInterrupt
+    try:
+        sys.settrace(interrupt)
+        cycle()
+    except KeyboardInterrupt:
+        pass
+    sys.settrace(None)
+    if repr(state()) != before:
+        left[f"{{name}}#{{nth}}"] = repr(state())
+        cycle()  # the next cycle may clean up; the finding stands
+report(hit=hit, left=left)
+"""
+    with python_child(code, env={"OPENBLAS_NUM_THREADS": None, "OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert {"_enter_alone#0", "_exit_alone#0", "_put_back#0"} <= set(f["hit"]), f["hit"]
+    assert f["left"] == {}, f["left"]
+
+
+def test_torch_gets_back_its_own_size_after_a_lone_section():
+    # torch.get_num_threads() reads the calling thread's OpenMP limit: the
+    # original must be read before any limit of the thread is set, or torch
+    # is put back at the grant (which threads started later then inherit).
+    pytest.importorskip("torch")
+    code = """
+import threading, torch, threadguard
+def in_new_thread():
+    out = []
+    t = threading.Thread(target=lambda: out.append(torch.get_num_threads())); t.start(); t.join()
+    return out[0]
+start = (torch.get_num_threads(), in_new_thread())
+with threadguard.budget(1) as b:
+    before = [r.before for r in b.report() if r.target == "torch"]
+report(start=start, before=before, after=(torch.get_num_threads(), in_new_thread()))
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["before"] == [f["start"][0]] and f["after"] == f["start"]
+
+
+def test_a_reused_thread_id_does_not_inherit_a_left_threads_originals():
+    # A section left from another thread keeps its thread's own originals for
+    # that thread's next call; a new thread that gets the id must not use them.
+    code = f"""
+import ctypes, threading, time, threadguard
+from threadguard.guard import CrossThreadExit
+gomp = start_openmp({sklearn_libgomp()!r}, 2)
+gomp.omp_get_max_threads.restype = ctypes.c_int
+results = []
+for attempt in range(20):
+    keep, idents, res = [], [], {{}}
+    def first():
+        idents.append(threading.get_ident())
+        gomp.omp_set_num_threads(5)
+        b = threadguard.budget(1); b.__enter__(); keep.append(b)
+    t = threading.Thread(target=first); t.start(); t.join()
+    try:
+        keep[0].__exit__(None, None, None)
+    except CrossThreadExit:
+        pass
+    def second():
+        idents.append(threading.get_ident())
+        res["before"] = gomp.omp_get_max_threads()
+        with threadguard.budget(1):
+            pass
+        res["after"] = gomp.omp_get_max_threads()
+    t = threading.Thread(target=second); t.start(); t.join()
+    if idents[0] == idents[1]:
+        results.append(res)
+report(results=results)
+"""
+    with python_child(code, env={"OMP_NUM_THREADS": None}) as child:
+        f = child.facts
+    assert f["results"], "no thread id was reused in 20 tries"
+    assert all(r["after"] == r["before"] for r in f["results"]), f["results"]

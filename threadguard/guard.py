@@ -29,9 +29,9 @@ the child keeps only the forking thread's sections.
 
 from __future__ import annotations
 
-import dis
 import functools
 import inspect
+import opcode
 import os
 import sys
 import threading
@@ -139,7 +139,14 @@ def _always_set() -> tuple[str, ...]:
     return tuple(names)
 
 
-_ENV = tuple(_env.Variable(name) for name in _always_set())
+_ENV: tuple = ()  # _always_set()'s variables, made at the first export (find_spec costs)
+
+
+def _exported() -> tuple:
+    global _ENV
+    if not _ENV:
+        _ENV = tuple(_env.Variable(name) for name in _always_set())
+    return _ENV
 # Set only when present: an exported OPENBLAS_NUM_THREADS=8 would beat OMP_NUM_THREADS.
 _ENV_IF_SET = tuple(_env.Variable(name) for name in FALLS_BACK_TO_OMP)
 # TBB and OpenMP pools in one process: OpenMP workers that spin while TBB runs
@@ -224,9 +231,9 @@ _ledger = _Ledger()
 _get_ident, _getframe, _new_row = threading.get_ident, sys._getframe, tuple.__new__
 _current_thread = threading.current_thread
 _modules = sys.modules
-_WITH_OPCODES = frozenset(dis.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
-                                                        "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
-                          if name in dis.opmap)
+_WITH_OPCODES = frozenset(opcode.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
+                                                           "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
+                          if name in opcode.opmap)
 
 
 def _after_fork_in_child() -> None:
@@ -252,7 +259,7 @@ def _after_fork_in_child() -> None:
     new.pin_dirty = old.pin_dirty
     if me in old.owners:
         new.owners[me] = old.owners[me]
-    new.plain = not new.stacks and new.clean()
+    new.plain = False
     _ledger = new
     try:  # the other threads' sections are gone: their limits and pins too
         _sync_process(_registry.split[0], None)
@@ -260,6 +267,7 @@ def _after_fork_in_child() -> None:
             _sync_affinity(None)
     except Exception:  # never break the child over this
         pass
+    new.plain = not new.stacks and new.clean()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -441,13 +449,13 @@ class budget:
         return self
 
     def __exit__(self, *exc) -> None:
-        ident = _get_ident()
-        stack = _ledger.stacks.get(ident)
-        if (stack is not None and len(stack) == 1 and stack[0].section is self
-                and (self._inert is None or not self._inert.get(ident))
-                and _exit_alone(stack[0], ident)):
-            return None
-        try:
+        try:  # from the first line: a signal handler's exception may come anywhere
+            ident = _get_ident()
+            stack = _ledger.stacks.get(ident)
+            if (stack is not None and len(stack) == 1 and stack[0].section is self
+                    and (self._inert is None or not self._inert.get(ident))
+                    and _exit_alone(stack[0], ident)):
+                return None
             entry = self._mine()
             inert = self._inert.get(ident) if self._inert is not None else None
             if inert:  # entered while this thread was inside the guard: nothing to undo
@@ -496,54 +504,59 @@ class budget:
             grant = capacity
         entry = _Entry(self, ident, want, capacity, None, (), False, site, grant)
         rows = entry.applied  # (limiter, before, after, wanted): report() builds the rows
+        # As the general way, in this order: this thread's own originals, read
+        # before anything is set (a process-wide setter may set them too:
+        # torch.set_num_threads sets this thread's OpenMP limit, and torch's
+        # getter reads it); the process-wide ones under the lock, then set;
+        # this thread's set last, once its originals are in the ledger.
         thread_saved = {}
+        for lim in thread_limiters:
+            if lim.driven:
+                try:
+                    thread_saved[lim.key] = lim.get()
+                except Exception:  # reported when applied
+                    pass
+        thread = _current_thread()
         try:
-            # This thread's own limits first: a process-wide setter may set
-            # them too (torch.set_num_threads sets this thread's OpenMP limit),
-            # to the same grant here; the originals are read before it does.
+            with led.lock:
+                led.busy = ident  # first: a finalizer run from here must not take the lock
+                try:
+                    if not led.plain or led.stacks or ident in led.thread_saved:
+                        return False  # not alone after all: nothing was set
+                    led.stacks[ident] = [entry]
+                    led.owners[ident] = thread
+                    led.thread_saved[ident] = thread_saved
+                    led.thread_version[ident] = (reg.version, thread)
+                    saved = led.process_saved
+                    for lim in process_limiters:
+                        try:
+                            saved[lim.key] = before = lim.get()
+                            lim.set(grant)  # read back once per value, as Limiter.apply does
+                            after = grant if grant in lim.accepted else lim.apply(grant)
+                        except Exception as err:  # reported, not fatal
+                            rows.append(_refused(lim, saved.get(lim.key), err))
+                            continue
+                        rows.append((lim, before, after, grant))
+                finally:
+                    led.busy = None
             for lim in thread_limiters:
                 if not lim.driven:
                     rows.append(Applied(lim.name, lim.scope, None, None, "skipped", lim.path,
                                         f"not driven: {lim.note}"))
                     continue
                 try:
-                    thread_saved[lim.key] = before = lim.get()
+                    before = thread_saved.get(lim.key)
+                    if before is None:
+                        thread_saved[lim.key] = before = lim.get()
                     lim.set(grant)
                     after = grant if grant in lim.accepted else lim.apply(grant)
-                except Exception as err:  # reported, not fatal
+                except Exception as err:
                     rows.append(_refused(lim, thread_saved.get(lim.key), err))
                     continue
                 rows.append((lim, before, after, grant))
-            thread = _current_thread()
-            with led.lock:
-                led.busy = ident  # first: a finalizer run from here must not take the lock
-                try:
-                    if not led.plain or led.stacks or ident in led.thread_saved:
-                        thread = None  # not alone after all
-                    else:
-                        led.stacks[ident] = [entry]
-                        led.owners[ident] = thread
-                        led.thread_saved[ident] = thread_saved
-                        saved = led.process_saved
-                        for lim in process_limiters:
-                            try:
-                                saved[lim.key] = before = lim.get()
-                                lim.set(grant)  # read back once per value, as Limiter.apply
-                                after = grant if grant in lim.accepted else lim.apply(grant)
-                            except Exception as err:  # reported, not fatal
-                                rows.append(_refused(lim, saved.get(lim.key), err))
-                                continue
-                            rows.append((lim, before, after, grant))
-                finally:
-                    led.busy = None
-            if thread is None:
-                _put_back(thread_limiters, thread_saved)
-                return False
             if led.pending:
                 _drain_pending()
         except BaseException:  # also a signal handler's: nothing is left half-entered
-            if led.thread_saved.get(ident) is not thread_saved:  # not in the ledger yet
-                _put_back(thread_limiters, thread_saved)
             _leave(entry)
             raise
         self._last_applied = rows
@@ -841,7 +854,7 @@ def _sync_env(value: int | None, applied=None) -> None:
     led = _ledger
     if value is None:
         if led.env_saved is not None:
-            for var in _ENV + _ENV_IF_SET + (_WAIT_POLICY,):
+            for var in _exported() + _ENV_IF_SET + (_WAIT_POLICY,):
                 if var.name in led.env_saved:
                     var.set_raw(led.env_saved[var.name])
             led.env_saved = None
@@ -851,7 +864,7 @@ def _sync_env(value: int | None, applied=None) -> None:
         saved = led.env_saved = {}
     raw = _encoded(value)
     names = []
-    for var in _ENV + _ENV_IF_SET:
+    for var in _exported() + _ENV_IF_SET:
         current = var.get_raw()
         if var.name not in saved:
             if current is None and var in _ENV_IF_SET:
