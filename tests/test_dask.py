@@ -114,6 +114,37 @@ def test_doctor_dask_unreachable_scheduler_exits_2():
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("reply", [b"", b"\xff" * 8 + bytes(range(1, 9)) + b"\xff" * 8],
+                         ids=["silent", "junk"])
+def test_doctor_dask_against_a_server_that_is_not_a_scheduler_exits_2(reply):
+    # A silent server once hung the doctor (Client's timeout covers only the
+    # TCP connect); junk was read as a frame length ("Unable to allocate 3 EiB").
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+
+    def serve():
+        conn, _ = server.accept()
+        held.append(conn)
+        conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "threadguard", "doctor", "--dask",
+                              f"tcp://127.0.0.1:{server.getsockname()[1]}"], capture_output=True,
+                             text=True, timeout=150, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("threadguard: error:") and "Dask" in lines[0]
+
+
 def test_example_runs():
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "dask_cluster.py")],
                          capture_output=True, text=True, timeout=180, cwd=ROOT,
@@ -138,3 +169,23 @@ def test_preload_gives_the_same_share(monkeypatch):
         os.environ.update(saved)
     share = max(1, CPUS // 2)
     assert all(set(pools) == {share} and omp == str(share) for pools, omp in capped.values())
+
+
+def test_preloaded_workers_that_think_they_are_alone_get_the_variable_as_their_fix(monkeypatch):
+    if CPUS >= 4:
+        pytest.skip("two workers sized alone fit on 4 CPUs")
+    monkeypatch.delenv("THREADGUARD_WORKERS_PER_HOST", raising=False)
+    saved = dict(os.environ)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+            with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                          dashboard_address=None, host="127.0.0.1",
+                                          preload=["threadguard.integrations.dask"]) as c:
+                with distributed.Client(c, timeout=60) as client:
+                    client.run(probe)
+                    report = tg_dask.cluster_report(client)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    tg501 = [f for f in report["findings"] if f["code"] == "TG501"]
+    assert tg501 and "THREADGUARD_WORKERS_PER_HOST=2" in tg501[0]["fix"], report["findings"]

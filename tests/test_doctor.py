@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_omp_num_threads_abc_from_the_command_line():
 
 @pytest.mark.parametrize("environ, code, severity", [
     ({"OMP_NUM_THREADS": "0"}, "TG201", "warning"),
-    ({"OMP_NUM_THREADS": ""}, "TG201", "info"),
+    ({"OMP_NUM_THREADS": ""}, "TG201", "warning"),
     ({"OMP_NUM_THREADS": "4,2"}, "TG201", "info"),
     ({"OPENBLAS_NUM_THREADS": "-3"}, "TG201", "warning"),
     ({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "2"}, "TG202", "info"),
@@ -226,6 +227,30 @@ def test_measured_oversubscription_of_a_command_and_its_guarded_twin(tmp_path):
     assert "TG301" not in json_codes(quiet)
     assert (json.loads(quiet.stdout)["process"]["run_delay_ratio"]
             < report["process"]["run_delay_ratio"])
+    # TG301's own fix: a budget in each calling thread shares the CPUs.
+    fixed = tmp_path / "fixed.py"
+    fixed.write_text("import threadguard\n" + OVERSUBSCRIBED.replace(
+        "    t = time.time()", "    with threadguard.budget():\n        work_inside()\ndef work_inside():\n    t = time.time()"))
+    out = doctor("--json", "--", sys.executable, str(fixed), env={"OPENBLAS_NUM_THREADS": "2"})
+    assert "TG301" not in json_codes(out), out.stdout
+
+
+def test_one_thread_calling_a_small_blas_and_an_openmp_pool_is_not_oversubscribed(tmp_path):
+    # OpenBLAS at 1 and GNU OpenMP at 2 on 2 CPUs, one calling thread: each
+    # pool's size counts that thread, and it runs one pool at a time.
+    script = tmp_path / "two_pools.py"
+    script.write_text(f"""
+import ctypes, time, numpy as np
+ctypes.CDLL({sklearn_libgomp()!r})
+from sklearn.cluster import KMeans
+X = np.random.rand(20000, 8)
+t = time.time()
+while time.time() - t < 2:
+    np.ones((200, 200)) @ np.ones((200, 200)); KMeans(4, n_init=1, max_iter=5).fit(X)
+""")
+    out = doctor("--json", "--", sys.executable, str(script),
+                 env={"OPENBLAS_NUM_THREADS": "1"})
+    assert "TG301" not in json_codes(out), out.stdout
 
 
 def test_sized_to_the_host_inside_a_quota(tmp_path):
@@ -343,8 +368,8 @@ report(codes=[f.code for f in capacity.check_process(r)], eff=r.topology.effecti
      "is ignored. Further requests for more workers will be silently ignored until the limit "
      "changes.", "TG404", "3 workers"),
     ("ImportError: /venv/lib/python3.11/site-packages/scikit_learn.libs/libgomp-d22c30c5.so.1.0.0: "
-     "cannot allocate memory in static TLS block", "TG405",
-     "LD_PRELOAD=/venv/lib/python3.11/site-packages/scikit_learn.libs/libgomp-d22c30c5.so.1.0.0"),
+     "cannot allocate memory in static TLS block", "TG405",  # not here: a template, not a path
+     "LD_PRELOAD=/path/to/libgomp-d22c30c5.so.1.0.0"),
     ("DeprecationWarning: This process (pid=12) is multi-threaded, use of fork() may lead to "
      "deadlocks in the child.", "TG406", "spawn"),
     ("Error: MKL_THREADING_LAYER=INTEL is incompatible with libgomp.so.1 library.", "TG106",
@@ -372,7 +397,7 @@ def test_json_and_exit_codes():
 
 @pytest.mark.parametrize("args", [["--pid", "999999999"], ["--import", "no_such_module_xyz"],
                                   ["--fail-on", "sometimes"], ["--import", ","],
-                                  ["--", "threadguard-no-such-command"]])
+                                  ["--dask", ""]])
 def test_doctor_bad_input_exits_2(args):
     out = doctor(*args)
     assert out.returncode == 2, out.stdout + out.stderr
@@ -420,3 +445,84 @@ def test_json_lists_the_shipped_runtimes():
     data = json.loads(doctor("--json").stdout)
     names = {(r["name"], r["distribution"]) for r in data["shipped_runtimes"]}
     assert ("libgomp", "scikit-learn") in names
+
+
+def test_the_doctor_shows_what_it_checked_before_what_it_found():
+    env = {"OMP_NUM_THREADS": "abc"}
+    full = doctor(env=env)
+    head = full.stdout.split("\n\n")[0].splitlines()
+    rows = {line.split()[0]: line for line in head[1:]}
+    assert {"CPUs", "installed", "variables"} <= set(rows), full.stdout
+    assert f"{CPUS} of" in rows["CPUs"] and "OMP_NUM_THREADS=abc" in rows["variables"]
+    assert "libgomp (" in rows["installed"]  # scikit-learn's wheel ships it
+    quiet = doctor("--quiet", env=env)
+    firsts = {line.split()[0] for line in quiet.stdout.splitlines() if line.strip()}
+    assert not {"threadguard", "CPUs", "installed", "variables"} & firsts, quiet.stdout
+    assert codes(quiet) == codes(full) and "TG201" in codes(quiet)
+    data = json.loads(doctor("--json", env=env).stdout)
+    assert [row[0] for row in data["checked"]][:1] == ["CPUs"]
+
+
+def test_the_checklist_of_a_process_lists_its_runtimes_in_load_order():
+    out = doctor("--import", f"{sklearn_libgomp()},{intel_libiomp5()}", "--fail-on", "never")
+    loaded = next(line for line in out.stdout.splitlines() if line.split()[:1] == ["loaded"])
+    names = [part.split()[1] for part in loaded.split(None, 1)[1].split(", ")]
+    assert names.index("libgomp") < names.index("libiomp5"), loaded
+
+
+@pytest.mark.parametrize("value", ["", " ", "x1"])
+def test_what_the_doctor_says_of_a_bad_omp_num_threads_is_what_the_runtimes_do(value):
+    out = doctor("--json", env={"OMP_NUM_THREADS": value})
+    title = next(f["title"] for f in json.loads(out.stdout)["findings"] if f["code"] == "TG201")
+    probe = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); "
+             "lib.omp_get_max_threads.restype = ctypes.c_int; print(lib.omp_get_max_threads())")
+
+    def run(path):
+        return subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS=value), timeout=60)
+    gnu = run(sklearn_libgomp())
+    assert "GNU OpenMP warns" in title or "GNU and Intel OpenMP ignore it (and warn)" in title
+    assert "Invalid value" in gnu.stderr and gnu.stdout.split() == [str(CPUS)]
+    llvm = run(llvm_libomp())
+    if "LLVM OpenMP aborts" in title:
+        assert llvm.returncode != 0
+    else:
+        assert "misreads" in title and llvm.stdout.split() != [str(CPUS)] and llvm.stderr
+
+
+def test_a_bad_value_of_a_library_variable_is_flagged_installed_or_not():
+    from importlib import metadata
+    out = doctor("--json", env={"MKL_NUM_THREADS": "x1"})
+    found = [f for f in json.loads(out.stdout)["findings"] if f["code"] == "TG201"]
+    assert found and "MKL_NUM_THREADS='x1'" in found[0]["title"]
+    try:
+        metadata.distribution("mkl")
+        expected = "read by mkl"
+    except metadata.PackageNotFoundError:
+        expected = "nothing installed here reads it"
+    assert any(expected in line for line in found[0]["evidence"]), found
+
+
+@pytest.mark.parametrize("name, value, code", [
+    ("OMP_NUM_THREADS", "abc", "TG201"), ("OMP_NUM_THREADS", "", "TG201"),
+    ("OMP_NUM_THREADS", "4096", "TG203"), ("OPENBLAS_NUM_THREADS", "0", "TG201"),
+    ("OPENBLAS_NUM_THREADS", "4096", "TG203"), ("OMP_WAIT_POLICY", "ACTIVE", "TG205"),
+    ("MKL_NUM_THREADS", "x1", "TG201")])
+def test_applying_a_printed_variable_fix_makes_its_finding_go_away(name, value, code, tmp_path):
+    first = json.loads(doctor("--json", env={name: value}).stdout)["findings"]
+    fix = next(f["fix"] for f in first if f["code"] == code and name in f["fix"])
+    command = fix.split("   (")[0]
+    pasted = f"{command}; exec {shlex.join([sys.executable, '-m', 'threadguard', 'doctor', '--json'])}"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO_", "LD_PRELOAD"))}
+    env.update(CI="true", PYTHONPATH=str(ROOT), **{name: value})
+    out = subprocess.run(["sh", "-c", pasted], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    again = {(f["code"], f["title"]) for f in json.loads(out.stdout)["findings"]}
+    assert not any(c == code and name in title for c, title in again), (fix, again)
+
+
+def test_a_static_tls_fix_names_the_real_library_quoted():
+    path = sklearn_libgomp()
+    found = messages.classify(f"ImportError: {path}: cannot allocate memory in static TLS block")
+    assert found[0].fix.startswith(f"LD_PRELOAD={shlex.quote(path)}")

@@ -99,5 +99,5 @@ def test_pytest_suite_example_under_xdist():
     assert out.returncode == 0, out.stdout[-3000:]
     assert f"budget: gw0: {SHARE} thread(s)" in out.stdout
     assert f"budget: gw1: {SHARE} thread(s)" in out.stdout
-    assert re.search(r"test_leaks_a_python_thread\s+thread leak\s+python\s+1\s+forgotten-worker",
+    assert re.search(r"test_leaks_a_python_thread\s+TG601 thread leak\s+python\s+1\s+forgotten-worker",
                      out.stdout)

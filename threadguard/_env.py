@@ -95,17 +95,15 @@ def snapshot() -> dict:
 
 
 def changed_since(before: dict, ignore=()) -> list[str]:
-    """Names whose value differs from ``before`` (added, removed or changed)."""
+    """Names whose value differs from ``before`` (added, removed or changed),
+    but those in ``ignore``; one pass, no copy."""
     now = _data if _fast else os.environ
-    skip = {encode(name) for name in ignore}
-    if skip:
-        before = dict(before)
-        for key in skip:
-            if key in now:
-                before[key] = now[key]
-            else:
-                before.pop(key, None)
     if now == before:
         return []
-    keys = {k for k in set(now) | set(before) if now.get(k) != before.get(k) and k not in skip}
+    skip = {encode(name) for name in ignore} if _fast else set(ignore)
+    keys = [k for k, v in now.items() if k not in skip and before.get(k, _MISSING) != v]
+    keys += [k for k in before if k not in now and k not in skip]
     return sorted(os.fsdecode(k) if isinstance(k, bytes) else k for k in keys)
+
+
+_MISSING = object()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 class ThreadguardError(Exception):
-    """Base class of every error threadguard raises on purpose."""
+    """Base class of every error threadguard raises on purpose. The command
+    line prints its message on one line and exits with ``exit_code``."""
+
+    exit_code = 2  # a usage error, or a target that could not be inspected
 
 
 class ProcessError(ThreadguardError):
@@ -33,6 +36,20 @@ class ZombieProcess(ProcessError):
 
 class AccessDenied(ProcessError):
     reason = "may not be inspected by this user"
+
+
+class CommandNotStarted(ThreadguardError):
+    """The command to run, record or watch could not be started."""
+
+    exit_code = 127  # as shells report a command that cannot be run
+
+    def __init__(self, program: str, reason: str):
+        self.program, self.reason = program, reason
+        super().__init__(f"cannot run {program!r}: {reason}")
+
+
+class BadMachineFacts(ThreadguardError):
+    """A dumped /proc + /sys tree (THREADGUARD_FSROOT) holds a file that cannot be used."""
 
 
 class UnsupportedPlatform(ThreadguardError):

@@ -10,9 +10,14 @@ A root other than ``/`` means "not this system": nothing live is consulted
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
+from ._errors import BadMachineFacts
+
 ENV_VAR = "THREADGUARD_FSROOT"
+MAX_FILE = 16 << 20  # bytes read from one file: /proc/cpuinfo of 1,000 CPUs is ~1.5 MiB
+MAX_CPU = 1 << 16  # highest CPU (or NUMA node) number believed: Linux's NR_CPUS is at most 8192
 
 
 @dataclass(frozen=True)
@@ -26,9 +31,12 @@ class FsRoot:
         """The explicit argument, else ``$THREADGUARD_FSROOT``, else ``/``."""
         if isinstance(fsroot, FsRoot):
             return fsroot
+        source = "fsroot"
         if fsroot is None:
-            fsroot = os.environ.get(ENV_VAR) or "/"
+            fsroot, source = os.environ.get(ENV_VAR) or "/", ENV_VAR
         root = os.path.abspath(os.fspath(fsroot))
+        if root != "/" and not os.path.isdir(root):
+            raise BadMachineFacts(f"{source}={os.fspath(fsroot)!r}: no such directory")
         return cls(root)
 
     @property
@@ -40,9 +48,18 @@ class FsRoot:
         return os.path.join(self.root, path.lstrip("/"))
 
     def read(self, path: str) -> str:
-        """The file's text; raises ``OSError`` when it cannot be read."""
-        with open(self.path(path), encoding="utf-8", errors="replace") as f:
-            return f.read()
+        """The file's text; raises ``OSError`` when it cannot be read, and
+        BadMachineFacts when it is not a regular file (a FIFO would block, a
+        link to /dev/zero never end) or is larger than any real one."""
+        full = self.path(path)
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadMachineFacts(f"{full}: not a regular file")
+            data = f.read(MAX_FILE + 1)
+        if len(data) > MAX_FILE:
+            raise BadMachineFacts(f"{full}: larger than {MAX_FILE >> 20} MiB")
+        return data.decode("utf-8", errors="replace")
 
     def try_read(self, path: str) -> str | None:
         """The file's stripped text, or None when absent or unreadable."""
@@ -50,6 +67,17 @@ class FsRoot:
             return self.read(path).replace("\x00", "").strip()
         except (OSError, ValueError):
             return None
+
+    def try_cpulist(self, path: str, mask: bool = False) -> tuple[int, ...] | None:
+        """The CPU list (or hex mask) in a file; None when absent or empty.
+        A file that holds something else is an error naming the file."""
+        text = self.try_read(path)
+        if not text:
+            return None
+        try:
+            return parse_cpumask(text) if mask else parse_cpulist(text)
+        except ValueError as err:
+            raise BadMachineFacts(f"{self.path(path)}: {err}") from None
 
     def try_int(self, path: str) -> int | None:
         text = self.try_read(path)
@@ -85,23 +113,45 @@ def parse_cpulist(text: str | None) -> tuple[int, ...]:
         part = part.strip()
         if not part:
             continue
-        stride = 1
-        if ":" in part:
-            part, stride_text = part.split(":", 1)
-            stride = int(stride_text.split("/")[0])
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            cpus.update(range(int(lo), int(hi) + 1, max(stride, 1)))
-        else:
-            cpus.add(int(part))
+        try:
+            stride = 1
+            span = part
+            if ":" in span:
+                span, stride_text = span.split(":", 1)
+                stride = _cpu_number(stride_text.split("/")[0])
+            if "-" in span:
+                lo, hi = (_cpu_number(x) for x in span.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                cpus.update(range(lo, hi + 1, max(stride, 1)))
+            else:
+                cpus.add(_cpu_number(span))
+        except ValueError:
+            raise ValueError(f"not a CPU list: {_shown(text)}") from None
     return tuple(sorted(cpus))
+
+
+def _cpu_number(text: str) -> int:
+    """A CPU number as the kernel writes it: ASCII digits, at most MAX_CPU."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) > MAX_CPU:
+        raise ValueError(text)
+    return int(text)
+
+
+def _shown(text: str) -> str:
+    """Untrusted text for a one-line message: quoted, escaped, cut short."""
+    return repr(text[:60] + ("..." if len(text) > 60 else ""))
 
 
 def parse_cpumask(text: str | None) -> tuple[int, ...]:
     """A sysfs hex mask ``"00000000,00000101"`` -> ``(0, 8)``."""
     if not text:
         return ()
-    value = int(text.strip().replace(",", "") or "0", 16)
+    digits = text.strip().replace(",", "")
+    if not all(c in "0123456789abcdefABCDEF" for c in digits) or len(digits) > MAX_CPU // 4:
+        raise ValueError(f"not a CPU mask: {_shown(text)}")
+    value = int(digits or "0", 16)
     cpus = []
     bit = 0
     while value:

@@ -117,12 +117,16 @@ def python_names_with_py_spy(pid: int, timeout: float = 10.0) -> tuple[dict[int,
     if exe is None:
         return {}, "py-spy not installed: Python thread names unknown"
     try:
-        out = subprocess.run([exe, "dump", "--pid", str(pid), "--json"], capture_output=True,
-                             text=True, timeout=timeout)
+        # --nonblocking: the process is read while it runs, never paused.
+        out = subprocess.run([exe, "dump", "--nonblocking", "--pid", str(pid), "--json"],
+                             capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as err:
         return {}, f"py-spy failed: {err}"
     if out.returncode != 0:
-        return {}, f"py-spy failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+        lines = [" ".join(line.split()) for line in out.stderr.splitlines() if line.strip()]
+        said = next((line for line in lines if line.lower().startswith("error")),
+                    lines[0] if lines else f"it exited with status {out.returncode}")
+        return {}, f"py-spy failed: {said[:200]}"
     try:
         threads = json.loads(out.stdout)
     except ValueError:

@@ -13,7 +13,7 @@ import math
 import posixpath
 from dataclasses import dataclass, field
 
-from ._fs import FsRoot, parse_cpulist
+from ._fs import FsRoot
 
 
 @dataclass(frozen=True)
@@ -246,12 +246,11 @@ def read_limits(fs: FsRoot, pid: int | str = "self") -> CgroupLimits:
     if v2_mount is not None and v2_path is not None and "cpuset" in v2_controllers:
         leaf, _ = _cgroup_dir(fs, v2_mount, v2_path)
         for d in _ancestors(leaf, v2_mount.mountpoint):
-            text = fs.try_read(posixpath.join(d, "cpuset.cpus.effective"))
-            if text:
-                cpus = parse_cpulist(text)
+            listed = fs.try_cpulist(posixpath.join(d, "cpuset.cpus.effective"))
+            if listed:
+                cpus = listed
                 cpuset_source = posixpath.join(d, "cpuset.cpus.effective")
-                mems_text = fs.try_read(posixpath.join(d, "cpuset.mems.effective"))
-                mems = parse_cpulist(mems_text) if mems_text else None
+                mems = fs.try_cpulist(posixpath.join(d, "cpuset.mems.effective"))
                 break
         version = version or 2
     elif cs_v1 is not None and "cpuset" in v1_paths:
@@ -263,12 +262,11 @@ def read_limits(fs: FsRoot, pid: int | str = "self") -> CgroupLimits:
             # bounded by their affinity, which the kernel keeps inside it).
             for cpus_name, mems_name in (("cpuset.cpus", "cpuset.mems"), ("cpus", "mems"),
                                          ("cpuset.effective_cpus", "cpuset.effective_mems")):
-                text = fs.try_read(posixpath.join(d, cpus_name))
-                if text:
-                    cpus = parse_cpulist(text)
+                listed = fs.try_cpulist(posixpath.join(d, cpus_name))
+                if listed:
+                    cpus = listed
                     cpuset_source = posixpath.join(d, cpus_name)
-                    mems_text = fs.try_read(posixpath.join(d, mems_name))
-                    mems = parse_cpulist(mems_text) if mems_text else None
+                    mems = fs.try_cpulist(posixpath.join(d, mems_name))
                     break
             if cpus is not None:
                 break

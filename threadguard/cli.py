@@ -1,15 +1,21 @@
 """The ``threadguard`` command: subcommands, exit codes, one-line errors.
 
 Exit codes: 0 success, 1 findings at or above the failing severity
-(doctor), 2 usage error or a target that could not be inspected.
+(doctor), 2 usage error or a target that could not be inspected, 127 a
+command that cannot start; ``run`` and ``record -- CMD`` return the
+command's own status (128 + N when signal N killed it). Every error is one
+line: commands raise typed errors (``threadguard._errors``) and ``main``
+maps them to codes in one place.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
+from ._command import command_of
 from ._errors import ThreadguardError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -21,8 +27,10 @@ def _bounded(cast, low, high, what: str, *, low_open: bool = False):
     def parse(text: str):
         try:
             value = cast(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{what}: got {text!r}") from None
+        if not math.isfinite(value):  # nan passes every comparison
+            raise argparse.ArgumentTypeError(f"{what}: got {text!r}")
         too_low = value <= low if low_open else value < low
         if too_low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{what}: got {text!r}")
@@ -30,7 +38,7 @@ def _bounded(cast, low, high, what: str, *, low_open: bool = False):
     return parse
 
 
-_pid = _bounded(int, 1, None, "a process id is a whole number of at least 1")
+_pid = _bounded(int, 1, (1 << 31) - 1, "a process id is a whole number from 1 to 2147483647")
 _interval = _bounded(float, 0, 3600, "interval must be 0 to 3600 seconds")
 _count = _bounded(int, 1, None, "must be a whole number of at least 1")
 _seconds = _bounded(float, 0, 3600, "seconds must be above 0 and at most 3600", low_open=True)
@@ -68,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--dask", metavar="ADDRESS",
                       help="report a Dask cluster by host (tcp://SCHEDULER:PORT)")
     doc.add_argument("--json", action="store_true", help="print the JSON report with findings")
+    doc.add_argument("-q", "--quiet", action="store_true",
+                     help="print only the findings (not what was checked)")
     doc.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
                      help="exit 1 when a finding reaches this severity (default: error)")
     doc.add_argument("--interval", type=_interval, default=0.5,
@@ -79,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Writes trace.json (Perfetto/chrome://tracing), "
                                      "timeline.png, timeline.svg and summary.json.")
     rec.add_argument("-o", "--output", default="threadguard-record", help="output directory")
-    rec.add_argument("--hz", type=_bounded(float, 0, 1000, "hz must be above 0 and at most 1000",
-                                           low_open=True), default=20.0)
+    rec.add_argument("--hz", type=_bounded(float, 0.01, 1000, "hz must be 0.01 to 1000"),
+                     default=20.0, help="samples per second (default 20)")
     rec.add_argument("--pid", type=_pid, help="the process to record (with --seconds)")
     rec.add_argument("--seconds", type=_seconds, help="how long (default: until the command ends)")
     rec.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
@@ -160,8 +170,8 @@ def _cmd_inspect(args) -> int:
 def _cmd_run(args) -> int:
     from .launch import launch
 
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
+    cmd = command_of(args.cmd)
+    if not args.cmd or args.cmd == ["--"]:
         print("threadguard: error: run needs a command: threadguard run [options] -- CMD ...",
               file=sys.stderr)
         return EXIT_USAGE
@@ -197,23 +207,16 @@ def _cmd_bench_openvino(args) -> int:
 
 def _doctor_dask(args) -> int:
     import json
-    try:
-        from distributed import Client
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("distributed") is None:
         print("threadguard: error: --dask needs distributed: pip install distributed",
               file=sys.stderr)
         return EXIT_USAGE
     from .doctor import RANK
     from .doctor.findings import Finding
-    from .integrations.dask import cluster_report
+    from .integrations.dask import report_from_child
     from .render.findings import render_findings
-    try:
-        with Client(args.dask, timeout=10) as client:
-            report = cluster_report(client, interval=args.interval)
-    except (OSError, TimeoutError) as err:
-        print(f"threadguard: error: cannot reach the Dask scheduler at {args.dask}: {err}",
-              file=sys.stderr)
-        return EXIT_USAGE
+    report = report_from_child(args.dask, interval=args.interval)
     findings = [Finding(f["code"], f["severity"], f["title"], tuple(f["evidence"]), f["fix"])
                 for f in report["findings"]]
     if args.json:
@@ -238,8 +241,8 @@ def _cmd_doctor(args) -> int:
     from .doctor import RANK, doctor
     from .render.findings import render_findings
 
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if args.dask:
+    cmd = command_of(args.cmd)
+    if args.dask is not None:
         return _doctor_dask(args)
     if cmd and (args.imports or args.pid):
         print("threadguard: error: give one target: --import, --pid or -- CMD", file=sys.stderr)
@@ -261,9 +264,6 @@ def _cmd_doctor(args) -> int:
     except ImportError as err:
         print(f"threadguard: error: cannot import in the child process: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except FileNotFoundError as err:
-        print(f"threadguard: error: cannot run {cmd[0]!r}: {err.strerror}", file=sys.stderr)
-        return EXIT_USAGE
     if args.json:
         import json
         data = report.to_dict()
@@ -272,8 +272,11 @@ def _cmd_doctor(args) -> int:
     else:
         notes = list(report.notes)
         if "command_status" in extra:
-            notes.append(f"the command exited with status {extra['command_status']}")
-        render_findings(report.findings, target=label, notes=notes)
+            status = extra["command_status"]
+            notes.append(f"the command exited with status {status}" if status >= 0 else
+                         f"the command was killed by {_signal_name(-status)}")
+        render_findings(report.findings, target=label, notes=notes,
+                        checked=extra.get("checked", ()), quiet=args.quiet)
     if args.fail_on == "never":
         return EXIT_OK
     floor = RANK[args.fail_on]
@@ -290,7 +293,7 @@ def _target(args, cmd):
 def _cmd_record(args) -> int:
     from .record import record
 
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = command_of(args.cmd)
     _target(args, cmd)
     if args.pid and args.seconds is None:
         raise ValueError("--pid needs --seconds")
@@ -318,32 +321,44 @@ def _cmd_record(args) -> int:
 
 
 def _cmd_watch(args) -> int:
-    import subprocess
-
+    from . import _command
     from .watch import watch
 
     target = args.target
-    if target[:1] == ["--"] and len(target) > 1:
+    if target[:1] == ["--"]:
         cmd, pid = target[1:], None
+        _command.resolve(cmd)  # before anything is printed
     elif len(target) == 1:
-        cmd, pid = [], _pid(target[0]) if target[0].isdigit() else None
+        cmd, pid = [], None
+        if target[0].isdigit() and 0 < int(target[0]) < 1 << 32:
+            pid = int(target[0])
         if pid is None:
             raise ValueError(f"not a process id: {target[0]!r} (a command goes after --)")
     else:
         raise ValueError("give a PID or -- CMD ...")
-    args.pid = pid
-    proc = subprocess.Popen(cmd) if cmd else None
+    proc = _command.start(cmd) if cmd else None
     try:
-        print(watch(proc.pid if proc else args.pid,
+        print(watch(proc.pid if proc else pid,
                     stop=(lambda: proc.poll() is not None) if proc else None))
     except KeyboardInterrupt:
         pass
     finally:
         if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-            proc.wait()
+            _command.stop(proc)
     return EXIT_OK
+
+
+def _signal_name(number: int) -> str:
+    import signal
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 COMMANDS = {"doctor": _cmd_doctor, "record": _cmd_record, "watch": _cmd_watch, "topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run,
@@ -358,8 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except (ThreadguardError, ValueError) as err:
-        print(f"threadguard: error: {err}", file=sys.stderr)
+    except ThreadguardError as err:
+        print(f"threadguard: error: {_one_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except ValueError as err:
+        print(f"threadguard: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

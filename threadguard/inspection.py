@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NamedTuple
 
 import psutil
 
@@ -68,6 +69,16 @@ def _count_observed(pools, attribution) -> list[Pool]:
     return [p.with_observed(counts.get(p.pool, 0)) if p.owns_threads else p for p in pools]
 
 
+class Facts(NamedTuple):
+    """Everything one inspection read, each fact once: the report, and the
+    raw facts checks built on it need (the loaded libraries with their
+    addresses, the environment)."""
+
+    report: Report
+    libraries: object | None  # threadguard.libraries.LoadedLibraries
+    environ: dict[str, str] | None
+
+
 def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
             python_names: str | None = "auto") -> Report:
     """Inspect process ``pid`` (default: this one) over ``interval`` seconds.
@@ -75,9 +86,15 @@ def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
     Raises ``NoSuchProcess`` / ``AccessDenied`` when the process cannot be
     inspected at all; facts that cannot be read are None with a note.
     """
+    return gather(pid, interval, fsroot=fsroot, python_names=python_names).report
+
+
+def gather(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
+           python_names: str | None = "auto") -> Facts:
+    """``inspect``, keeping the facts it read."""
     target = os.getpid() if pid is None else int(pid)
     if not IS_LINUX:
-        return _inspect_portable(target, interval)
+        return Facts(_inspect_portable(target, interval), None, None)
     if not os.path.exists(f"/proc/{target}"):
         raise NoSuchProcess(target)
     notes: list[str] = []
@@ -109,10 +126,11 @@ def inspect(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
     else:
         pools = pools_of_other_process(target, runtimes, libs)
     pools = _count_observed(pools, attribution)
-    return Report(pid=target, topology=topology, census=census, attribution=attribution,
-                  runtimes=runtimes, runtimes_order_source=libs.order_source,
-                  ld_preload=preload, pools=tuple(pools), notes=tuple(notes),
-                  command=command_line(target))
+    report = Report(pid=target, topology=topology, census=census, attribution=attribution,
+                    runtimes=runtimes, runtimes_order_source=libs.order_source,
+                    ld_preload=preload, pools=tuple(pools), notes=tuple(notes),
+                    command=command_line(target))
+    return Facts(report, libs, env)
 
 
 def _inspect_portable(pid: int, interval: float) -> Report:

@@ -9,16 +9,19 @@ GOMP_* symbols too (the OpenVINO deployment guide's rule).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
+import stat
 import sys
+import tempfile
 
 from . import numa
+from ._command import exec_replacing, resolve
 from .machine import read_topology
 from .planner import make_plan
-from .runtime_libs import intel_openmp_preload
-
-EXIT_NOT_FOUND = 127  # as shells report a command that cannot be run
+from .runtime_libs import intel_openmp_preload, ld_so_can_carry, parse_ld_preload
 
 
 def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin=None,
@@ -32,11 +35,51 @@ def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin
     env = dict(os.environ if environ is None else environ)
     env.update(plan.environment())
     preload = intel_openmp_preload()
-    if preload:
-        existing = env.get("LD_PRELOAD", "")
-        if preload not in existing.replace(":", " ").split():
-            env["LD_PRELOAD"] = f"{preload} {existing}".strip()
+    existing = env.get("LD_PRELOAD", "")
+    if preload and not any(e.path and os.path.realpath(e.path) == os.path.realpath(preload)
+                           for e in parse_ld_preload(existing)):
+        carried = carriable(preload)
+        if carried is None:
+            if warn:
+                warn(f"Intel OpenMP not preloaded: ld.so would split {preload!r} at its "
+                     "space or colon, and no private link could be made for it")
+        else:
+            env["LD_PRELOAD"] = carried + (f":{existing}" if existing else "")
     return plan, env
+
+
+def carriable(path: str) -> str | None:
+    """``path``, or a link to it that LD_PRELOAD can carry (ld.so splits at
+    spaces and colons), kept in a directory only this user may write; None
+    when no such directory can be had."""
+    if ld_so_can_carry(path):
+        return path
+    base = os.path.join(tempfile.gettempdir(), f"threadguard-{os.getuid()}")
+    if not ld_so_can_carry(base):
+        return None
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None  # not ours alone: a link there could be swapped
+    name = re.sub(r"[\s:]", "_", os.path.basename(path))
+    link = os.path.join(base, f"{hashlib.sha256(os.fsencode(path)).hexdigest()[:12]}-{name}")
+    try:
+        if os.readlink(link) == path:
+            return link
+    except OSError:
+        pass
+    staged = f"{link}.{os.getpid()}"
+    try:
+        os.symlink(path, staged)
+        os.replace(staged, link)  # the link swapped in whole
+    except OSError:
+        return None
+    return link
 
 
 def shell_line(cmd, plan, env, base=None) -> str:
@@ -56,6 +99,7 @@ def launch(cmd: list[str], *, dry_run: bool = False, **options) -> int:
     if dry_run:
         print(shell_line(cmd, plan, env))
         return 0
+    resolve(cmd, env)  # before pinning anything: a command that cannot start is 127
     if os.environ.get("THREADGUARD_FSROOT", "/") not in ("", "/") and (plan.pin or plan.memory_nodes):
         warn("machine facts come from THREADGUARD_FSROOT, not this machine: nothing pinned")
     elif plan.pin:
@@ -64,9 +108,5 @@ def launch(cmd: list[str], *, dry_run: bool = False, **options) -> int:
             numa.set_mempolicy(numa.MPOL_BIND, plan.memory_nodes)
     sys.stdout.flush()
     sys.stderr.flush()
-    try:
-        os.execvpe(cmd[0], cmd, env)
-    except OSError as err:
-        print(f"threadguard: error: cannot run {cmd[0]!r}: {err.strerror}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+    exec_replacing(cmd, env)  # raises CommandNotStarted (exit 127) when it cannot
     return 0  # not reached

@@ -14,7 +14,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from . import cgroup
-from ._fs import FsRoot, format_cpulist, parse_cpulist, parse_cpumask
+from ._errors import BadMachineFacts, NoSuchProcess
+from ._fs import FsRoot, format_cpulist, parse_cpulist
 
 SYS_CPU = "/sys/devices/system/cpu"
 SYS_NODE = "/sys/devices/system/node"
@@ -99,9 +100,11 @@ class Topology:
 
 
 def _online_cpus(fs: FsRoot, notes: list[str]) -> tuple[int, ...]:
-    text = fs.try_read(f"{SYS_CPU}/online")
-    if text:
-        return parse_cpulist(text)
+    listed = fs.try_cpulist(f"{SYS_CPU}/online")
+    if listed == ():
+        raise BadMachineFacts(f"{fs.path(SYS_CPU + '/online')}: lists no CPU")
+    if listed:
+        return listed
     cpus = []
     for name in fs.listdir(SYS_CPU):
         m = re.fullmatch(r"cpu(\d+)", name)
@@ -119,10 +122,9 @@ def _online_cpus(fs: FsRoot, notes: list[str]) -> tuple[int, ...]:
 def _cpu_set(fs: FsRoot, base: str, *names: str) -> tuple[int, ...] | None:
     """The first of ``name_list`` (cpulist) or ``name`` (hex mask) found."""
     for name in names:
-        text = fs.try_read(f"{base}/{name}")
-        if text is None:
+        if fs.try_read(f"{base}/{name}") is None:
             continue
-        return parse_cpulist(text) if name.endswith("list") else parse_cpumask(text)
+        return fs.try_cpulist(f"{base}/{name}", mask=not name.endswith("list")) or ()
     return None
 
 
@@ -153,11 +155,11 @@ def _core_kinds(fs: FsRoot, online: tuple[int, ...]) -> dict[int, str]:
     kinds come from ``cpu_capacity`` (ARM) or cpufreq base/max frequency.
     Frequencies within 10% are one kind (turbo bins differ per core).
     """
-    core = fs.try_read("/sys/devices/cpu_core/cpus")
-    atom = fs.try_read("/sys/devices/cpu_atom/cpus")
+    core = fs.try_cpulist("/sys/devices/cpu_core/cpus")
+    atom = fs.try_cpulist("/sys/devices/cpu_atom/cpus")
     if core and atom:
-        kinds = {c: "performance" for c in parse_cpulist(core)}
-        kinds.update({c: "efficiency" for c in parse_cpulist(atom)})
+        kinds = {c: "performance" for c in core}
+        kinds.update({c: "efficiency" for c in atom})
         return kinds
     for files in (("cpu_capacity",), ("cpufreq/base_frequency",), ("cpufreq/cpuinfo_max_freq",)):
         values = {}
@@ -262,7 +264,10 @@ def _status_list(fs: FsRoot, pid, key: str) -> tuple[int, ...] | None:
         return None
     for line in text.splitlines():
         if line.startswith(key + ":"):
-            return parse_cpulist(line.split(":", 1)[1].strip())
+            try:
+                return parse_cpulist(line.split(":", 1)[1].strip())
+            except ValueError as err:
+                raise BadMachineFacts(f"{fs.path(f'/proc/{pid}/status')}: {key}: {err}") from None
     return None
 
 
@@ -281,6 +286,8 @@ def read_topology(fsroot=None, pid: int | None = None) -> Topology:
     """The machine and the limits of process ``pid`` (default: this one)."""
     fs = FsRoot.resolve(fsroot)
     notes: list[str] = []
+    if pid is not None and fs.is_live and not os.path.isdir(f"/proc/{pid}"):
+        raise NoSuchProcess(pid)  # its limits would silently be the machine's
     proc = pid if pid is not None else "self"
     online = _online_cpus(fs, notes)
     packages, cores = _read_cores(fs, online, notes)

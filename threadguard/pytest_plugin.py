@@ -8,7 +8,10 @@ file): installing threadguard never changes a suite. Enabled:
   variables children read are set too;
 - after each test: threads still alive that were not there before it (after a
   grace period, attributed to the pool that made them), pools resized beyond
-  the budget, environment variables and CPU affinity left changed;
+  the budget, environment variables and CPU affinity left changed. Threads
+  of pools that live for the process (OpenMP, OpenBLAS, TBB/OpenVINO, torch,
+  loky's reusable executor) are reported once, as a pool started, never as a
+  leak: a leak is a thread the test started and did not end;
 - ``@pytest.mark.threadguard(max_threads=N, leaks="fail"|"warn"|"ignore")``,
   fixtures ``thread_budget`` and ``thread_census``;
 - a summary table, ``--threadguard-report=PATH`` (JSON), and
@@ -105,6 +108,7 @@ class _State:
         self.findings: list[dict] = []  # gathered from every worker's reports
         self.budgets: dict[str, int] = {}
         self.budget_reported = False
+        self.kept: set[str] = set()  # threads of process-lifetime pools, reported once
 
     # -- the budget ---------------------------------------------------------
     def start(self):
@@ -163,17 +167,21 @@ def pytest_report_header(config):
     return None
 
 
-_tids_cache: tuple[int, set[str]] = (-1, set())
+# Findings, with codes as the doctor's (``threadguard.doctor.findings.CATALOG``).
+LEAK, STARTED, RESIZED, ENVIRONMENT, AFFINITY = "TG601", "TG602", "TG603", "TG604", "TG605"
+# Pools that live for the process: their threads are kept on purpose.
+_LOKY_THREADS = ("ExecutorManagerThread", "QueueFeederThread")
 
 
 def _thread_ids() -> set[str]:
-    """This process's thread ids. ``/proc/self/task``'s link count is the
-    thread count + 2: while it is unchanged, the last listing is reused."""
-    global _tids_cache
-    count = os.stat("/proc/self/task").st_nlink
-    if count != _tids_cache[0]:
-        _tids_cache = (count, set(os.listdir("/proc/self/task")))
-    return _tids_cache[1]
+    """This process's thread ids, listed each time (a count can stay the
+    same while one thread ends and another starts). Off Linux: the Python
+    threads only."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+        return {str(t.native_id) for t in threading.enumerate() if t.native_id is not None}
 
 
 def _snapshot():
@@ -200,15 +208,25 @@ def _leaked(before_tids: set[str], grace: float) -> set[int]:
 
 
 def _describe_threads(tids: set[int]) -> list[dict]:
+    """Each thread's pool, Python name, and whether its pool lives for the
+    process (a runtime's workers, loky's executor)."""
     import threading
-    from threadguard.attribution import attribute_threads
+    from threadguard.pools import MAIN, OTHER, PYTHON, UNATTRIBUTED
     names = {t.native_id: t.name for t in threading.enumerate()}
-    owners = attribute_threads(tids=tids, python_names=names).owners
+    try:
+        from threadguard.attribution import attribute_threads
+        owners = attribute_threads(tids=tids, python_names=names).owners
+    except Exception:  # another OS, a denied read: names only
+        owners = {}
     out = []
     for tid in sorted(tids):
         owner = owners.get(tid)
-        out.append({"tid": tid, "pool": owner.pool if owner else "unattributed",
-                    "name": owner.python_name if owner and owner.python_name else "",
+        pool = owner.pool if owner else (PYTHON if tid in names else UNATTRIBUTED)
+        name = (owner.python_name if owner and owner.python_name else names.get(tid, ""))
+        if pool == PYTHON and name.startswith(_LOKY_THREADS):
+            pool = "loky"
+        persistent = pool not in (MAIN, PYTHON, OTHER, UNATTRIBUTED)
+        out.append({"tid": tid, "pool": pool, "name": name, "persistent": persistent,
                     "library": owner.library if owner else None})
     return out
 
@@ -250,16 +268,25 @@ def pytest_runtest_makereport(item, call):
     leaks, max_threads, (tids, environ, affinity) = entry
     findings = []
     if leaks != "ignore":
-        leaked = _leaked(tids, state.grace)
+        leaked = _leaked(tids | state.kept, state.grace)
         if leaked:
             threads = _describe_threads(leaked)
-            by_pool: dict[str, int] = {}
+            by_pool: dict[tuple, int] = {}
             for t in threads:
-                by_pool[t["pool"]] = by_pool.get(t["pool"], 0) + 1
-            for pool, count in sorted(by_pool.items()):
+                key = (t["pool"], t["persistent"])
+                by_pool[key] = by_pool.get(key, 0) + 1
+                if t["persistent"]:  # reported once: later tests see it as known
+                    state.kept.add(str(t["tid"]))
+            for (pool, persistent), count in sorted(by_pool.items()):
                 names = sorted({t["name"] for t in threads if t["pool"] == pool and t["name"]})
-                findings.append({"what": "thread leak", "pool": pool, "threads": count,
-                                 "detail": ", ".join(names), "fail": leaks == "fail"})
+                if persistent:
+                    findings.append({"code": STARTED, "what": "pool started", "pool": pool,
+                                     "threads": count, "detail": ", ".join(names),
+                                     "fail": False})
+                else:
+                    findings.append({"code": LEAK, "what": "thread leak", "pool": pool,
+                                     "threads": count, "detail": ", ".join(names),
+                                     "fail": leaks == "fail"})
     allowed = max_threads or state.budget_threads
     from threadguard.guard import current_limiters
     process, thread = current_limiters()  # with what the test loaded
@@ -271,15 +298,18 @@ def pytest_runtest_makereport(item, call):
         except Exception:
             continue
         if size and size > allowed:
-            findings.append({"what": "pool resized", "pool": lim.name, "threads": size,
+            findings.append({"code": RESIZED, "what": "pool resized", "pool": lim.name,
+                             "threads": size,
                              "detail": f"budget {allowed}", "fail": state.strict})
     from threadguard import _env
     changed = _env.changed_since(environ, ignore=("PYTEST_CURRENT_TEST",))
     if changed:
-        findings.append({"what": "environment changed", "pool": "", "threads": None,
+        findings.append({"code": ENVIRONMENT, "what": "environment changed", "pool": "",
+                         "threads": None,
                          "detail": ", ".join(changed[:8]), "fail": state.strict})
     if _affinity() != affinity:
-        findings.append({"what": "affinity changed", "pool": "", "threads": None,
+        findings.append({"code": AFFINITY, "what": "affinity changed", "pool": "",
+                         "threads": None,
                          "detail": f"{sorted(affinity or ())} -> {sorted(_affinity() or ())}",
                          "fail": state.strict})
     if findings:
@@ -324,7 +354,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not state.findings:
         tr.line("no thread leaks, resized pools or changed environment")
     else:
-        rows = [(f["test"], f["what"], f["pool"] or "-",
+        rows = [(f["test"], f"{f['code']} {f['what']}", f["pool"] or "-",
                  "-" if f["threads"] is None else str(f["threads"]), f["detail"] or "-")
                 for f in state.findings]
         widths = [max(len(r[i]) for r in rows + [("test", "what", "pool", "threads", "detail")])

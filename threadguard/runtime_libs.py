@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,37 @@ def parse_ld_preload(value: str | None) -> list[PreloadEntry]:
         else:
             out.append(PreloadEntry(entry, None, None))
     return out
+
+
+def ld_so_can_carry(path: str) -> bool:
+    """ld.so splits LD_PRELOAD at spaces and colons: a path holding one cannot
+    be preloaded by name."""
+    return not re.search(r"[\s:]", path)
+
+
+def preload_value(path: str, existing: str | None) -> str:
+    """``LD_PRELOAD`` with ``path`` first, then the entries of ``existing``
+    that still mean the same anywhere: absolute paths of existing files and
+    bare library names (found on the linker's search path). Missing files,
+    relative paths and anything else are dropped; ``path`` is not repeated."""
+    keep = [path]
+    for entry in parse_ld_preload(existing):
+        if entry.path is None:
+            if re.fullmatch(r"[\w.+-]+\.so(\.[\w.]+)?", entry.entry):  # a library's name
+                keep.append(entry.entry)
+        elif os.path.isabs(entry.path) and os.path.isfile(entry.path) \
+                and os.path.realpath(entry.path) != os.path.realpath(path):
+            keep.append(entry.path)
+    return ":".join(dict.fromkeys(keep))
+
+
+def preload_fix(path: str, existing: str | None) -> str:
+    """A fix line that works when pasted: quoted, or ``threadguard run``
+    when the path cannot go into LD_PRELOAD at all."""
+    if not ld_so_can_carry(path):
+        return ("threadguard run -- <your command>   (it preloads through a link: LD_PRELOAD "
+                f"cannot carry {shlex.quote(path)}, ld.so splits it at spaces and colons)")
+    return f"LD_PRELOAD={shlex.quote(preload_value(path, existing))} <your command>"
 
 
 def _tbb_version(path: str) -> str | None:

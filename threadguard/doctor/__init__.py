@@ -9,7 +9,6 @@ a target gave; ``targets`` gathers those facts.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import replace
 
 from ..machine import read_topology
@@ -73,24 +72,27 @@ def doctor(target: str = "environment", *, value=None, interval: float = 0.5) ->
         report = Report(pid=os.getpid(), topology=topo, census=None, attribution=None,
                         runtimes=(), runtimes_order_source=None, ld_preload=None, pools=())
         found = diagnose(topology=topo, shipped=shipped)
-    elif target == "import":
-        report, provider = targets.inspect_imports(value, interval)
-        found = diagnose(report=report, gomp_provider=provider, shipped=shipped)
-    elif target == "pid":
-        report, provider = targets.inspect_pid(value, interval)
-        from ..inspection import environ_of
-        environ, _ = environ_of(value)
-        found = diagnose(report=report, gomp_provider=provider, environ=environ or {},
-                         shipped=shipped)
-    elif target == "command":
-        report, stderr, status, provider = targets.run_command(value, interval)
-        extra["command_status"] = status
+    elif target in ("import", "pid", "command"):
+        checked = {"import": targets.inspect_imports, "pid": targets.inspect_pid,
+                   "command": targets.run_command}[target](value, interval)
+        report = checked.report
+        if target == "command":
+            extra["command_status"] = checked.status
         if report is None:
             topo = read_topology()
             report = Report(pid=0, topology=topo, census=None, attribution=None, runtimes=(),
                             runtimes_order_source=None, ld_preload=None, pools=(),
                             notes=("the command ended before it could be sampled",))
-        found = diagnose(report=report, stderr=stderr, gomp_provider=provider, shipped=shipped)
+        # The target's own environment: what its runtimes read (a command may
+        # have been given LD_PRELOAD or OMP_* of its own).
+        environ = checked.environ if checked.environ is not None else (
+            {} if target == "pid" else dict(os.environ))
+        found = diagnose(report=report, stderr=checked.stderr, environ=environ,
+                         gomp_provider=checked.gomp_provider, shipped=shipped)
     else:
         raise ValueError(f"unknown doctor target {target!r}")
+    from .checklist import checklist
+    environ = environ if target != "environment" else os.environ
+    extra["checked"] = [list(row) for row in checklist(report.topology, report.runtimes,
+                                                       shipped, environ or {})]
     return replace(report, findings=tuple(found)), extra

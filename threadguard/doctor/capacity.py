@@ -92,13 +92,21 @@ def check_process(report) -> list:
             sizes[f"{p.library} ({p.api})"] = size
     python_active = sum(1 for t in census.threads
                         if t.active and report.owner_pool(t.tid) in ("python", "main"))
-    total = sum(sizes.values())
-    if total > eff and len(sizes) > 1 or (python_active > 1 and any(v > 1 for v in sizes.values())):
-        callers = max(1, python_active)
-        out.append(finding("TG301", f"pools add up to {total * callers} threads for {eff} CPUs",
-                           [f"{name}: {size} threads" for name, size in sizes.items()]
+    # A pool's size counts its caller: one Python thread runs one pool at a
+    # time, so what can run at once is (active callers) x (the largest pool).
+    # Pools of 1 add no thread: busy callers alone are TG303's to measure.
+    callers = max(1, python_active)
+    largest = max(sizes.values(), default=0)
+    if largest > 1 and callers * largest > eff:
+        title = (f"{callers} Python threads calling pools of up to {largest} threads: "
+                 f"{callers * largest} threads for {eff} CPUs" if callers > 1 else
+                 f"a pool of {largest} threads for {eff} CPUs")
+        out.append(finding("TG301", title,
+                           [f"{name}: {size} threads (its caller included)"
+                            for name, size in sizes.items()]
                            + ([f"{python_active} Python threads calling them"] if callers > 1 else []),
-                           "with threadguard.budget(): ...  shares the CPUs between them"))
+                           "with threadguard.budget(): ...  in each calling thread shares the "
+                           "CPUs between them"))
     physical = len(topo.allowed_cores())
     if topo.smt:
         for p in report.pools:

@@ -73,7 +73,8 @@ CATALOG: dict[str, Check] = {c.code: c for c in (
           "OMP_WAIT_POLICY=ACTIVE: idle OpenMP workers spin instead of sleeping."),
     # capacity
     Check("TG301", WARNING, "pools-exceed-cpus",
-          "Configured pools add up to more threads than the effective CPUs."),
+          "The Python threads calling pools, times the largest pool, exceed the effective "
+          "CPUs."),
     Check("TG302", WARNING, "sized-to-the-host",
           "Pools will size themselves to the host's CPU count, above this process's quota or "
           "affinity."),
@@ -92,6 +93,18 @@ CATALOG: dict[str, Check] = {c.code: c for c in (
     Check("TG501", WARNING, "host-oversubscribed-by-workers",
           "The workers on one host can run more threads (task threads x pool sizes) than the "
           "host has CPUs, even if each worker alone fits."),
+    # the pytest plugin, per test
+    Check("TG601", WARNING, "thread-leak",
+          "A thread the test started was still alive after it (and its grace period) ended."),
+    Check("TG602", INFO, "pool-started",
+          "A pool that lives for the process (OpenMP, OpenBLAS, TBB/OpenVINO, torch, loky's "
+          "executor) started its threads during the test: reported once, not a leak."),
+    Check("TG603", WARNING, "pool-resized",
+          "A pool was left sized above the test's thread budget."),
+    Check("TG604", WARNING, "environment-changed",
+          "The test left environment variables changed."),
+    Check("TG605", WARNING, "affinity-changed",
+          "The test left the process's CPU affinity changed."),
     # messages seen on stderr
     Check("TG401", ERROR, "omp-error-15",
           "OMP: Error #15: a second OpenMP runtime initialized beside the first."),

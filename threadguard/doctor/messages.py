@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 
+from ..runtime_libs import preload_fix
 from .findings import finding
 
 _OMP15 = re.compile(r"OMP: Error #15: Initializing (\S+?),? but found (\S+?) already initialized")
@@ -53,7 +56,7 @@ def classify(stderr: str) -> list:
     m = _TLS.search(stderr)
     if m:
         out.append(finding("TG405", f"{m.group(1)} could not be loaded (static TLS block full)",
-                           [m.group(0)], f"LD_PRELOAD={m.group(1)} <your command>"))
+                           [m.group(0)], _preload_fix_for(m.group(1))))
     if _FORK.search(stderr):
         out.append(finding("TG406", "fork() in a process with threads", ["Python warned: " +
                            _FORK.search(stderr).group(0)],
@@ -62,3 +65,11 @@ def classify(stderr: str) -> list:
     if m:
         out.append(finding("TG106", m.group(0), [m.group(0)], "export MKL_THREADING_LAYER=GNU"))
     return out
+
+
+def _preload_fix_for(name: str) -> str:
+    """Only an existing absolute path is pasted; a bare name is a template."""
+    if os.path.isabs(name) and os.path.isfile(name):
+        return preload_fix(name, os.environ.get("LD_PRELOAD"))
+    return (f"preload it by its absolute path: LD_PRELOAD=/path/to/{shlex.quote(os.path.basename(name))} "
+            "<your command>")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 
-from ..runtime_libs import parse_ld_preload
+from ..runtime_libs import parse_ld_preload, preload_fix
 from .findings import finding
 
 
@@ -17,8 +18,7 @@ def _real(path: str) -> str:
 
 
 def _preload_line(path: str, environ) -> str:
-    existing = environ.get("LD_PRELOAD", "")
-    return f"LD_PRELOAD={path}" + (f":{existing}" if existing else "")
+    return preload_fix(path, environ.get("LD_PRELOAD"))
 
 
 def check_loaded(runtimes, environ, gomp_provider: str | None = None) -> list:
@@ -48,13 +48,13 @@ def check_loaded(runtimes, environ, gomp_provider: str | None = None) -> list:
                 [f"#{first_gnu.load_index} libgomp: {first_gnu.path}",
                  f"#{first_intel.load_index} libiomp5: {first_intel.path}"]
                 + ([f"GOMP_* symbols served by {gomp_provider}"] if gomp_provider else []),
-                f"{_preload_line(first_intel.path, environ)} <your command>   "
+                f"{_preload_line(first_intel.path, environ)}   "
                 f"(or: threadguard run -- <your command>)"))
         elif gomp_provider and "iomp" not in os.path.basename(gomp_provider):
             out.append(finding(
                 "TG102", "Intel OpenMP loaded first, but GOMP_* symbols are served by another "
                 "runtime", [f"GOMP_parallel from {gomp_provider}"],
-                f"{_preload_line(first_intel.path, environ)} <your command>"))
+                _preload_line(first_intel.path, environ)))
     distinct_gnu = {_real(r.path) for r in gnu}
     if len(distinct_gnu) > 1:
         out.append(finding("TG103", f"{len(distinct_gnu)} copies of GNU OpenMP loaded, each "
@@ -88,8 +88,7 @@ def check_shipped(shipped, environ, openvino_version: str | None) -> list:
             "TG104", "Intel and GNU OpenMP are both installed: if both load, Intel's must be "
             "initialized first",
             [f"{r.name}: {r.path} ({r.distribution})" for r in intel[:1] + gnu],
-            f"{_preload_line(intel[0].path, environ)} <your command>   "
-            f"(threadguard run does this)"))
+            f"{_preload_line(intel[0].path, environ)}   (threadguard run does this)"))
     if intel and llvm:
         out.append(finding(
             "TG104", "Intel OpenMP and LLVM OpenMP are both installed: loaded together they can "
@@ -102,13 +101,15 @@ def check_shipped(shipped, environ, openvino_version: str | None) -> list:
                            + [f"{r.path} ({r.distribution})" for r in gnu],
                            "export MKL_THREADING_LAYER=GNU"))
     for entry in parse_ld_preload(environ.get("LD_PRELOAD")):
-        if entry.exists is False:
-            out.append(finding("TG108", f"LD_PRELOAD names a missing file: {entry.entry}",
-                               [f"LD_PRELOAD={environ.get('LD_PRELOAD')}"],
-                               "fix the path or remove the entry"))
+        if entry.path is not None and not os.path.isfile(entry.path):
+            what = "a directory" if os.path.isdir(entry.path) else "a missing file"
+            out.append(finding("TG108", f"LD_PRELOAD names {what}: {entry.entry}",
+                               [f"LD_PRELOAD={shlex.quote(environ.get('LD_PRELOAD', ''))}"],
+                               "fix the path or remove the entry (ld.so skips it with an "
+                               "error line in every process)"))
         if "jemalloc" in entry.entry and openvino_version and _at_least(openvino_version, (2024, 3)):
             out.append(finding("TG107", f"{entry.entry} preloaded with OpenVINO {openvino_version}",
-                               [f"LD_PRELOAD={environ.get('LD_PRELOAD')}"],
+                               [f"LD_PRELOAD={shlex.quote(environ.get('LD_PRELOAD', ''))}"],
                                "remove jemalloc from LD_PRELOAD for OpenVINO processes, or set "
                                "MALLOC_CONF=... per oneTBB#1645"))
     return out

@@ -1,25 +1,45 @@
-"""What the doctor inspects: the environment, imported modules, a PID, a command."""
+"""What the doctor inspects: the environment, imported modules, a PID, a
+command. Each target returns one ``Checked``: every fact read once."""
 
 from __future__ import annotations
 
-import os
+from typing import NamedTuple
+
+import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
+from .. import _command
 from .._errors import NoSuchProcess
 
+# What the imported modules print goes to stderr: stdout carries only the
+# child's word that it is ready to be inspected.
 CHILD = r"""
-import ctypes, importlib, sys
+import ctypes, importlib, os, sys
+sys.stdout = sys.stderr
 for entry in sys.argv[1:]:
     if "/" in entry or ".so" in entry:
         ctypes.CDLL(entry)
     else:
         importlib.import_module(entry)
-sys.stdout.write("ready\n"); sys.stdout.flush()
+sys.stderr.flush()
+os.write(1, b"threadguard-ready\n")
 sys.stdin.read()
 """
+IMPORT_TIMEOUT = 600.0  # seconds for the imports (torch and OpenVINO take a few)
+
+
+class Checked(NamedTuple):
+    """The facts of one target."""
+
+    report: object  # threadguard.report.Report
+    environ: dict | None  # the target's own environment (None: unknown)
+    gomp_provider: str | None  # the library every GOMP_* call binds to
+    stderr: str = ""  # a command's, for its messages
+    status: int | None = None  # a command's exit status (negative: killed by that signal)
 
 
 def gomp_provider(pid: int, libraries) -> str | None:
@@ -43,19 +63,25 @@ def gomp_provider(pid: int, libraries) -> str | None:
 
 def inspect_imports(entries: list[str], interval: float):
     """Load modules (or shared libraries) in a fresh interpreter and inspect it."""
-    from ..inspection import inspect
+    from ..inspection import gather
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty import cannot block
     proc = subprocess.Popen([sys.executable, "-c", CHILD, *entries], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=errors)
     try:
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            proc.wait(30)
-            err = proc.stderr.read().strip().splitlines()
-            raise ImportError(err[-1] if err else f"the child exited with {proc.returncode}")
-        report = inspect(proc.pid, interval)
-        from ..libraries import loaded_libraries
-        provider = gomp_provider(proc.pid, loaded_libraries(proc.pid))
-        return report, provider
+        ready = select.select([proc.stdout], [], [], IMPORT_TIMEOUT)[0]
+        line = proc.stdout.readline() if ready else b""
+        if line.strip() != b"threadguard-ready":
+            proc.kill()
+            proc.wait()
+            errors.seek(0)
+            err = errors.read().decode(errors="replace").strip().splitlines()
+            if not ready:
+                raise ImportError(f"the imports took over {IMPORT_TIMEOUT:.0f} s")
+            raise ImportError(err[-1] if err else
+                              f"the child exited with {_command.shell_status(proc.returncode)}")
+        facts = gather(proc.pid, interval)
+        return Checked(facts.report, facts.environ,
+                       gomp_provider(proc.pid, facts.libraries) if facts.libraries else None)
     finally:
         try:
             proc.stdin.close()
@@ -66,21 +92,23 @@ def inspect_imports(entries: list[str], interval: float):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
+        errors.close()
 
 
-def inspect_pid(pid: int, interval: float):
-    from ..inspection import inspect
-    from ..libraries import loaded_libraries
-    report = inspect(pid, interval)
-    return report, gomp_provider(pid, loaded_libraries(pid))
+def inspect_pid(pid: int, interval: float) -> Checked:
+    from ..inspection import gather
+    facts = gather(pid, interval)
+    return Checked(facts.report, facts.environ,
+                   gomp_provider(pid, facts.libraries) if facts.libraries else None)
 
 
-def run_command(cmd: list[str], interval: float, echo=sys.stderr):
+def run_command(cmd: list[str], interval: float, echo=sys.stderr) -> Checked:
     """Run ``cmd``, sampling its threads while it runs; its stderr is passed
-    through and kept for classification. Returns (worst report, stderr, status)."""
-    from ..inspection import inspect
-    from ..libraries import loaded_libraries
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    through and kept for classification. The report is the worst sample's
+    (report None when it ended before one)."""
+    from ..inspection import gather
+    proc = _command.start(cmd, stderr=subprocess.PIPE)
     captured: list[bytes] = []
 
     def pump():
@@ -94,24 +122,24 @@ def run_command(cmd: list[str], interval: float, echo=sys.stderr):
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     worst = None
-    provider = None
+    environ = provider = None
     while proc.poll() is None:
         try:
-            report = inspect(proc.pid, interval, python_names=None)
+            facts = gather(proc.pid, interval, python_names=None)
         except NoSuchProcess:
             break
         except Exception:  # a sample that raced the exit
             time.sleep(0.05)
             continue
+        report = facts.report
         if report.census.threads_total == 0 or any("zombie" in n for n in report.census.notes):
             break  # it exited while being sampled: keep the samples of it alive
-        try:
-            provider = gomp_provider(proc.pid, loaded_libraries(proc.pid)) or provider
-        except Exception:
-            pass
+        environ = facts.environ if facts.environ is not None else environ
+        if facts.libraries is not None:
+            provider = gomp_provider(proc.pid, facts.libraries) or provider
         if worst is None or (report.census.run_delay_ratio or 0) >= (worst.census.run_delay_ratio or 0) \
                 or len(report.runtimes) > len(worst.runtimes):
             worst = report
     status = proc.wait()
     reader.join(timeout=5)
-    return worst, b"".join(captured).decode(errors="replace"), status, provider
+    return Checked(worst, environ, provider, b"".join(captured).decode(errors="replace"), status)

@@ -19,10 +19,13 @@ def check(environ, cpus: int) -> list:
                             "OpenMP pools then use every CPU: "
                             f"{cpus} here" if cpus else ""],
                            f"export OMP_NUM_THREADS={cpus}"))
-    elif omp is not None and omp.strip() == "":
-        out.append(finding("TG201", "OMP_NUM_THREADS is set but empty: the runtimes treat it "
-                           "as unset", ["OMP_NUM_THREADS=''"], f"export OMP_NUM_THREADS={cpus}",
-                           severity="info"))
+    elif omp is not None and omp.strip(" \t\n\v\f\r") == "":
+        # Checked with the runtimes: libgomp prints "Invalid value for environment
+        # variable OMP_NUM_THREADS", libiomp5 says nothing, libomp 14 aborts.
+        out.append(finding("TG201", "OMP_NUM_THREADS is set but empty: GNU OpenMP warns "
+                           "and uses every CPU, LLVM OpenMP aborts at start-up",
+                           [f"OMP_NUM_THREADS={omp!r}"],
+                           f"unset OMP_NUM_THREADS   (or: export OMP_NUM_THREADS={cpus})"))
     elif omp and "," in omp:
         levels = environ.get("OMP_MAX_ACTIVE_LEVELS")
         nested = (environ.get("OMP_NESTED", "").lower() == "true"
@@ -45,7 +48,7 @@ def check(environ, cpus: int) -> list:
         if value <= 0:
             out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi): OpenBLAS then "
                                "uses every core, not 1", [f"{name}={text!r}"],
-                               f"export {name}=1  # or the thread count you meant"))
+                               f"export {name}=1   (or the thread count you meant)"))
         elif not re.fullmatch(r"[ \t\n\v\f\r]*[0-9]+[ \t\n\v\f\r]*", text):
             out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi stops at the "
                                "first non-digit)", [f"{name}={text!r}"],
@@ -53,6 +56,18 @@ def check(environ, cpus: int) -> list:
         elif value > cpus:
             out.append(finding("TG203", f"{name}={value} for {cpus} effective CPUs",
                                [f"{name}={text}"], f"export {name}={cpus}"))
+
+    for name, readers in _OTHER_VARIABLES.items():
+        text = environ.get(name)
+        if text is None or re.fullmatch(r"[ \t]*[0-9]+[ \t]*", text) and int(text) > 0:
+            continue
+        here = [r for r in readers if _installed(r)]
+        out.append(finding("TG201", f"{name}={text!r} is not a positive whole number",
+                           [f"{name}={text!r}",
+                            f"read by {', '.join(here)} (installed here)" if here else
+                            f"nothing installed here reads it ({', '.join(readers)} would): "
+                            "it may be meant for another environment"],
+                           f"export {name}={cpus}   (or unset it)"))
 
     mkl = environ.get("MKL_NUM_THREADS")
     if mkl and threads and mkl.strip().isdigit() and int(mkl) != threads:
@@ -72,3 +87,17 @@ def check(environ, cpus: int) -> list:
                                "Python code", [f"{name}={environ[name]}"],
                                "keep it equal to the effective CPUs, or unset it"))
     return out
+
+
+# Thread variables other libraries read: variable -> the distributions that read it.
+_OTHER_VARIABLES = {"MKL_NUM_THREADS": ("mkl",), "BLIS_NUM_THREADS": ("blis",),
+                    "NUMEXPR_NUM_THREADS": ("numexpr",), "NUMBA_NUM_THREADS": ("numba",)}
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True

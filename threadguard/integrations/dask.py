@@ -17,6 +17,7 @@ even when each worker alone looks fine.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -136,10 +137,17 @@ def cluster_report(client, interval: float = 0.5) -> dict:
         if demand > host["cpus"]:
             unguarded = [a for a, w in host["workers"].items() if not w["threadguard"]]
             task_threads = sum(max(1, w["nthreads"] or 1) for w in host["workers"].values())
+            alone = [a for a, w in host["workers"].items() if w["threadguard"]
+                     and w["threadguard"].get("workers_on_host", 1) < len(host["workers"])]
             if task_threads > host["cpus"] and not unguarded:
                 fix = (f"the workers' own task threads ({task_threads}) exceed the CPUs: start "
                        f"fewer workers or threads (dask worker --nthreads, LocalCluster("
                        f"threads_per_worker=...))")
+            elif alone and not unguarded:  # preloaded, each sized as if alone on the host
+                fix = (f"export THREADGUARD_WORKERS_PER_HOST={len(host['workers'])} before "
+                       "starting the workers (dask worker --preload "
+                       "threadguard.integrations.dask), or "
+                       "threadguard.integrations.dask.register(client)")
             else:
                 fix = "threadguard.integrations.dask.register(client)"
             findings.append(finding(
@@ -165,3 +173,75 @@ def dask_setup(worker):
     plugin = ThreadGuardPlugin({_host_of(worker.address): per_host})
     plugin.setup(worker)
     worker._threadguard_plugin = plugin  # torn down with the worker's process
+
+
+# The report is gathered in a child process: a server that never answers the
+# handshake (Client's timeout covers only the TCP connect) or answers with
+# junk (read as a frame length: "Unable to allocate 3.07 EiB") costs a
+# bounded wait and a one-line error, never a hang or a traceback.
+_CHILD = r"""
+import json, os, sys
+from distributed import Client
+from threadguard.integrations.dask import cluster_report
+os.write(2, b"threadguard-imported\n")
+with Client(sys.argv[1], timeout=float(sys.argv[3])) as client:
+    os.write(2, b"threadguard-connected\n")
+    report = cluster_report(client, interval=float(sys.argv[2]))
+sys.stdout.write(json.dumps(report, default=str))
+"""
+IMPORT_TIMEOUT = 60.0  # seconds for the child to import distributed
+CONNECT_TIMEOUT = 10.0  # seconds for the scheduler to accept and greet
+REPORT_TIMEOUT = 120.0  # seconds for every worker's facts once connected
+
+
+def report_from_child(address: str, interval: float = 0.5) -> dict:
+    """``cluster_report`` of the scheduler at ``address``, gathered in a child."""
+    import select
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from .._errors import ThreadguardError
+
+    if not address.strip():
+        raise ThreadguardError("--dask needs a scheduler address, e.g. tcp://HOST:8786")
+    where = f"the Dask scheduler at {address!r}"
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, address, str(interval),
+                                 str(CONNECT_TIMEOUT)], stdout=out, stderr=subprocess.PIPE)
+        try:
+            errors = b""
+            for marker, seconds, failure in (
+                    (b"threadguard-imported", IMPORT_TIMEOUT,
+                     f"distributed took over {IMPORT_TIMEOUT:.0f} s to import"),
+                    (b"threadguard-connected", CONNECT_TIMEOUT + 2,
+                     f"{where} did not answer as a Dask scheduler within "
+                     f"{CONNECT_TIMEOUT:.0f} s")):
+                deadline = time.monotonic() + seconds
+                while marker not in errors and proc.poll() is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ThreadguardError(failure)
+                    if select.select([proc.stderr], [], [], min(left, 0.5))[0]:
+                        errors += proc.stderr.read1(65536)
+            try:
+                rest, _ = proc.communicate(timeout=REPORT_TIMEOUT + interval)
+            except subprocess.TimeoutExpired:
+                raise ThreadguardError(f"{where}: no report from its workers within "
+                                       f"{REPORT_TIMEOUT:.0f} s") from None
+            errors += rest or b""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            lines = [line for line in errors.decode(errors="replace").splitlines()
+                     if line.strip() and not line.startswith("threadguard-")]
+            reason = lines[-1].strip() if lines else f"status {proc.returncode}"
+            raise ThreadguardError(f"cannot reach {where}: {reason[:200]}")
+        out.seek(0)
+        try:
+            return json.loads(out.read())
+        except ValueError:
+            raise ThreadguardError(f"{where}: the report could not be read") from None

@@ -15,10 +15,16 @@ from ..doctor.findings import SEVERITIES
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def layout(findings, *, target: str = "", notes=()) -> list[tuple[str, str]]:
+def layout(findings, *, target: str = "", notes=(), checked=(),
+           quiet: bool = False) -> list[tuple[str, str]]:
+    """The doctor's lines: what it checked, then the findings and a count;
+    ``quiet``: the findings only."""
     lines: list[tuple[str, str]] = []
-    if target:
+    if target and not quiet:
         lines.append(("bold", f"threadguard doctor: {target}"))
+    if not quiet:
+        width = max((len(label) for label, _ in checked), default=0)
+        lines.extend(("dim", f"  {label:<{width}}  {text}") for label, text in checked)
     for severity in SEVERITIES:
         group = [f for f in findings if f.severity == severity]
         if group:
@@ -28,6 +34,8 @@ def layout(findings, *, target: str = "", notes=()) -> list[tuple[str, str]]:
             lines.extend(("", f"    {line}") for line in f.evidence if line)
             if f.fix:
                 lines.append(("green", f"    fix: {f.fix}"))
+    if quiet:
+        return lines[1:] if lines[:1] == [("", "")] else lines
     lines.extend(("dim", f"note: {note}") for note in notes)
     lines.append(("", ""))
     if not findings:
@@ -38,9 +46,12 @@ def layout(findings, *, target: str = "", notes=()) -> list[tuple[str, str]]:
     return lines
 
 
-def render_findings(findings, file=None, *, target: str = "", notes=()) -> None:
+def render_findings(findings, file=None, *, target: str = "", notes=(), checked=(),
+                    quiet: bool = False) -> None:
     file = file or sys.stdout
-    lines = layout(findings, target=target, notes=notes)
+    lines = layout(findings, target=target, notes=notes, checked=checked, quiet=quiet)
+    if not lines:
+        return
     if file.isatty() and not os.environ.get("NO_COLOR"):
         from rich.console import Console
         from rich.text import Text

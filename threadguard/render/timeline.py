@@ -36,7 +36,8 @@ def plot_timeline(rec: Recording, paths: list[str], title: str = "") -> None:
                 label=f"CPUs this process may use ({rec.effective_cpus})")
     top.set_ylabel("running or waiting threads")
     top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    top.set_title(title or f"process {rec.pid}")
+    # A command line is text, not mathtext: "sh -c 'echo $$'" must not parse.
+    top.set_title(title or f"process {rec.pid}", parse_math=False)
     bottom.plot(times, [p["run_delay_ratio"] for p in series], color="crimson")
     bottom.set_ylabel("run-delay ratio")
     bottom.set_xlabel("seconds")
