@@ -149,3 +149,14 @@ def test_a_dumped_tree_that_is_missing_or_holds_a_fifo_or_an_endless_file(tmp_pa
         make(online)
         out = tg("topology", env={"THREADGUARD_FSROOT": str(root)}, timeout=30)
         assert out.returncode == 2 and "not a regular file" in one_line_error(out), name
+
+
+def test_a_kernel_thread_is_named_as_such(tmp_path):
+    from threadguard.inspection import _is_kernel_thread
+    kernel = next((int(p) for p in os.listdir("/proc") if p.isdigit() and _is_kernel_thread(int(p))),
+                  None)
+    if kernel is None:
+        pytest.skip("no kernel thread visible here (a PID namespace)")
+    for command in (["inspect"], ["doctor"]):
+        out = tg(*command, "--pid", str(kernel))
+        assert out.returncode == 2 and "kernel thread" in one_line_error(out)

@@ -23,14 +23,15 @@ CPUS = threadguard.topology().effective_cpus
 
 
 @contextmanager
-def cluster(threads_per_worker=1, nanny_environ=None):
+def cluster(threads_per_worker=1, nanny_environ=None, preload=()):
     config = {} if nanny_environ is None else {"distributed.nanny.pre-spawn-environ": nanny_environ}
     saved = dict(os.environ)  # the nannies run here and set their variables in os.environ
     try:
         with dask.config.set(config):
             with distributed.LocalCluster(n_workers=2, processes=True,
                                           threads_per_worker=threads_per_worker,
-                                          dashboard_address=None, host="127.0.0.1") as c:
+                                          dashboard_address=None, host="127.0.0.1",
+                                          preload=list(preload)) as c:
                 with distributed.Client(c, timeout=60) as client:
                     yield c, client
     finally:
@@ -101,9 +102,15 @@ def test_doctor_dask_command_line():
                               c.scheduler_address, "--json", "--fail-on", "warning"],
                              capture_output=True, text=True, timeout=120,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        text = subprocess.run([sys.executable, "-m", "threadguard", "doctor", "--dask",
+                               c.scheduler_address, "--fail-on", "never"], capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     report = json.loads(out.stdout)
     assert len(next(iter(report["hosts"].values()))["workers"]) == 2
     assert out.returncode == (1 if CPUS >= 2 else 0)
+    lines = text.stdout.splitlines()  # the header first, then the hosts, then findings
+    assert lines[0].startswith("threadguard doctor: Dask cluster"), text.stdout
+    assert lines[1].split()[0] == "host" and "threads demanded" in lines[1]
 
 
 def test_doctor_dask_unreachable_scheduler_exits_2():
@@ -156,17 +163,8 @@ def test_example_runs():
 
 def test_preload_gives_the_same_share(monkeypatch):
     monkeypatch.setenv("THREADGUARD_WORKERS_PER_HOST", "2")
-    saved = dict(os.environ)
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
-            with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                          dashboard_address=None, host="127.0.0.1",
-                                          preload=["threadguard.integrations.dask"]) as c:
-                with distributed.Client(c, timeout=60) as client:
-                    capped = client.run(probe)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with cluster(nanny_environ={}, preload=["threadguard.integrations.dask"]) as (_, client):
+        capped = client.run(probe)
     share = max(1, CPUS // 2)
     assert all(set(pools) == {share} and omp == str(share) for pools, omp in capped.values())
 
@@ -175,17 +173,8 @@ def test_preloaded_workers_that_think_they_are_alone_get_the_variable_as_their_f
     if CPUS >= 4:
         pytest.skip("two workers sized alone fit on 4 CPUs")
     monkeypatch.delenv("THREADGUARD_WORKERS_PER_HOST", raising=False)
-    saved = dict(os.environ)
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
-            with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                          dashboard_address=None, host="127.0.0.1",
-                                          preload=["threadguard.integrations.dask"]) as c:
-                with distributed.Client(c, timeout=60) as client:
-                    client.run(probe)
-                    report = tg_dask.cluster_report(client)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with cluster(nanny_environ={}, preload=["threadguard.integrations.dask"]) as (_, client):
+        client.run(probe)
+        report = tg_dask.cluster_report(client)
     tg501 = [f for f in report["findings"] if f["code"] == "TG501"]
     assert tg501 and "THREADGUARD_WORKERS_PER_HOST=2" in tg501[0]["fix"], report["findings"]

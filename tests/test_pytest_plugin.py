@@ -186,3 +186,21 @@ def test_affinity_left_changed(pytester):
     rows = table(result)
     assert [r[1] for r in rows] == ["TG605 affinity changed"], result.stdout.str()
     assert "->" in rows[0][-1]
+
+
+@pytest.mark.slow
+def test_scikit_learns_own_tests_pass_with_leaks_failing(tmp_path):
+    # Software we did not write: GNU OpenMP's workers (k-means) and loky's
+    # executor threads (joblib) live for the process: never leaks.
+    import subprocess
+    import sys
+    pytest.importorskip("sklearn")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "--pyargs", "sklearn.cluster.tests.test_k_means", "sklearn.utils.tests.test_parallel",
+         "-k", "test_kmeans_results or loky", "--threadguard", "--threadguard-leaks", "fail"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        env=dict(os.environ, CI="true"))
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "TG601" not in out.stdout
+    assert re.search(r"TG602 pool started\s+(openmp:libgomp|loky)", out.stdout), out.stdout[-3000:]

@@ -222,16 +222,18 @@ def _doctor_dask(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
+        checked = []  # the hosts and workers, under the header, before the findings
         for host, h in report["hosts"].items():
-            print(f"host {host}: {h['cpus']} CPUs, {len(h['workers'])} workers, "
-                  f"{h['threads_demanded']} threads demanded")
+            checked.append((f"host {host}", f"{h['cpus']} CPUs, {len(h['workers'])} workers, "
+                                            f"{h['threads_demanded']} threads demanded"))
             for address, w in h["workers"].items():
                 tg = w["threadguard"]
-                print(f"  {address}: {w['nthreads']} task threads, pools "
-                      f"{[p['num_threads'] for p in w['pools']]}, run-delay "
-                      f"{w['run_delay_ratio']:.2f}, budget "
-                      f"{tg['threads_per_task'] if tg else 'none (no plugin)'}")
-        render_findings(findings, target=f"Dask cluster {args.dask}")
+                checked.append((f"  {address}", f"{w['nthreads']} task threads, pools "
+                                f"{[p['num_threads'] for p in w['pools']]}, run-delay "
+                                f"{w['run_delay_ratio']:.2f}, budget "
+                                f"{tg['threads_per_task'] if tg else 'none (no plugin)'}"))
+        render_findings(findings, target=f"Dask cluster {args.dask}", checked=checked,
+                        quiet=args.quiet)
     if args.fail_on == "never":
         return EXIT_OK
     return EXIT_FINDINGS if any(RANK[f.severity] >= RANK[args.fail_on] for f in findings) else EXIT_OK

@@ -667,15 +667,8 @@ def _exit_alone(entry: _Entry, ident: int) -> bool:
                     return False
                 del led.stacks[ident]
                 led.owners.pop(ident, None)
-                saved = led.process_saved
-                for lim in process_limiters:  # set all, then forget: safe to repeat
-                    before = saved.get(lim.key)
-                    if before is not None:
-                        try:
-                            lim.set(before)
-                        except Exception:  # a library that refuses is not fatal on the way out
-                            pass
-                saved.clear()
+                _put_back(process_limiters, led.process_saved)  # all set, then forgotten:
+                led.process_saved.clear()  # safe to repeat
             finally:
                 led.busy = None
         thread_saved = led.thread_saved.get(ident)
@@ -691,9 +684,9 @@ def _exit_alone(entry: _Entry, ident: int) -> bool:
     return True
 
 
-def _put_back(thread_limiters, saved: dict) -> None:
-    """This thread's own limits back to ``saved``."""
-    for lim in thread_limiters:
+def _put_back(limiters, saved: dict) -> None:
+    """Limits back to the values ``saved`` holds for them."""
+    for lim in limiters:
         before = saved.get(lim.key)
         if before is not None:
             try:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import psutil
 
 from . import attribution as _attribution
-from ._errors import AccessDenied, NoSuchProcess
+from ._errors import AccessDenied, NoSuchProcess, ProcessError
 from .threads import take_census
 from .libraries import loaded_libraries
 from .pools import Pool, detect_pools, family_of_runtime
@@ -22,6 +22,20 @@ from .runtime_libs import loaded_runtimes, parse_ld_preload
 from .machine import read_topology
 
 IS_LINUX = sys.platform.startswith("linux")
+
+PF_KTHREAD = 0x00200000  # include/linux/sched.h
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    """From the flags field (9th) of ``/proc/PID/stat``, read after the
+    command name, which may hold spaces and parentheses."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return bool(int(fields[6]) & PF_KTHREAD)
+    except (OSError, IndexError, ValueError):
+        return False
+
 
 def environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
     """A process's environment (another's: as it started, /proc/PID/environ) and why not."""
@@ -97,6 +111,8 @@ def gather(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
         return Facts(_inspect_portable(target, interval), None, None)
     if not os.path.exists(f"/proc/{target}"):
         raise NoSuchProcess(target)
+    if _is_kernel_thread(target):
+        raise ProcessError(target, "it is a kernel thread: no user code, libraries or pools")
     notes: list[str] = []
     census = take_census(target, interval)
     notes.extend(census.notes)
