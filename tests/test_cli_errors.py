@@ -160,3 +160,64 @@ def test_a_kernel_thread_is_named_as_such(tmp_path):
     for command in (["inspect"], ["doctor"]):
         out = tg(*command, "--pid", str(kernel))
         assert out.returncode == 2 and "kernel thread" in one_line_error(out)
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path):
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "threadguard", "topology", "--json"],
+                             stdout=full, stderr=subprocess.PIPE, text=True, env=ENV, timeout=60)
+    assert out.returncode == 2 and "No space left" in one_line_error(out)
+
+
+def test_sigterm_stops_the_recorded_command_and_keeps_the_recording(tmp_path):
+    marker = tmp_path / "alive"
+    script = f"import time, pathlib\nwhile True:\n    pathlib.Path({str(marker)!r}).touch(); time.sleep(0.05)\n"
+    proc = subprocess.Popen([sys.executable, "-m", "threadguard", "record", "-o",
+                             str(tmp_path / "out"), "--", sys.executable, "-c", script],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0  # stopped on request: the recording succeeded
+    marker.unlink()
+    time.sleep(0.5)
+    assert not marker.exists()  # the command was stopped too
+    assert json.loads((tmp_path / "out" / "trace.json").read_text())["traceEvents"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_nested_output_directories_made_for_a_command_that_cannot_start_are_removed(tmp_path):
+    no_shebang = tmp_path / "prog"
+    no_shebang.write_bytes(b"\x00junk")
+    no_shebang.chmod(0o755)
+    out = tg("record", "-o", str(tmp_path / "a" / "b" / "c"), "--", str(no_shebang))
+    assert out.returncode == 127 and not (tmp_path / "a").exists()
+    (tmp_path / "d" / "trace.json").mkdir(parents=True)
+    out = tg("record", "-o", str(tmp_path / "d"), "--", "touch", str(tmp_path / "started"))
+    assert out.returncode == 2 and not (tmp_path / "started").exists()
+
+
+@pytest.mark.parametrize("args", [["watch", "--"], ["doctor", "--"], ["watch", "²"], ["watch", "١"]])
+def test_an_empty_command_or_a_foreign_digit_is_a_usage_error(args):
+    out = tg(*args)
+    assert out.returncode == 2, out.stderr
+    one_line_error(out)
+
+
+def test_a_zombie_cannot_be_inspected():
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # exited, not reaped: a zombie
+        with open(f"/proc/{child.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.02)
+    try:
+        for command in (["inspect"], ["doctor"]):
+            out = tg(*command, "--pid", str(child.pid))
+            assert out.returncode == 2 and "zombie" in one_line_error(out)
+    finally:
+        child.wait()

@@ -138,9 +138,10 @@ def test_gnu_before_intel_is_an_error_and_the_printed_fix_clears_it():
     out = doctor("--import", f"sklearn.cluster,{iomp}")
     assert out.returncode == 1
     assert "TG102" in codes(out)
-    fix = re.search(r"fix: (LD_PRELOAD=\S+)", out.stdout).group(1)
-    assert os.path.realpath(fix.split("=", 1)[1].split(":")[0]) == os.path.realpath(iomp)
-    fixed = doctor("--import", f"sklearn.cluster,{iomp}", env=dict([fix.split("=", 1)]))
+    fix = re.search(r"fix: export (LD_PRELOAD=\S+)", out.stdout).group(1)
+    value = shlex.split(fix)[0].split("=", 1)[1]
+    assert os.path.realpath(value.split(":")[0]) == os.path.realpath(iomp)
+    fixed = doctor("--import", f"sklearn.cluster,{iomp}", env={"LD_PRELOAD": value})
     assert fixed.returncode == 0, fixed.stdout
     assert "TG102" not in codes(fixed) and "TG104" not in codes(fixed)
     del gomp
@@ -511,8 +512,7 @@ def test_a_bad_value_of_a_library_variable_is_flagged_installed_or_not():
 def test_applying_a_printed_variable_fix_makes_its_finding_go_away(name, value, code, tmp_path):
     first = json.loads(doctor("--json", env={name: value}).stdout)["findings"]
     fix = next(f["fix"] for f in first if f["code"] == code and name in f["fix"])
-    command = fix.split("   (")[0]
-    pasted = f"{command}; exec {shlex.join([sys.executable, '-m', 'threadguard', 'doctor', '--json'])}"
+    pasted = f"{fix}\nexec {shlex.join([sys.executable, '-m', 'threadguard', 'doctor', '--json'])}"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO_", "LD_PRELOAD"))}
     env.update(CI="true", PYTHONPATH=str(ROOT), **{name: value})
@@ -525,4 +525,4 @@ def test_applying_a_printed_variable_fix_makes_its_finding_go_away(name, value, 
 def test_a_static_tls_fix_names_the_real_library_quoted():
     path = sklearn_libgomp()
     found = messages.classify(f"ImportError: {path}: cannot allocate memory in static TLS block")
-    assert found[0].fix.startswith(f"LD_PRELOAD={shlex.quote(path)}")
+    assert found[0].fix.startswith(f"export LD_PRELOAD={shlex.quote(path)}")

@@ -35,12 +35,12 @@ def test_the_preload_fix_is_quoted_and_pasting_it_removes_the_finding(tmp_path):
     intel_libiomp5(), sklearn_libgomp()  # both shipped: TG104 is due
     hostile = f"/opt/x.so;touch {tmp_path}/pwned $(touch {tmp_path}/pwned2) ./relative.so"
     found = findings(doctor_env(LD_PRELOAD=hostile), tmp_path)
-    fix = found["TG104"]["fix"].split("   (")[0]
-    assert fix.startswith("LD_PRELOAD=") and fix.endswith(" <your command>")
-    value = shlex.split(fix)[0].split("=", 1)[1]
+    fix = found["TG104"]["fix"]
+    assert fix.startswith("export LD_PRELOAD=")
+    value = shlex.split(fix, comments=True)[1].split("=", 1)[1]
     assert all(os.path.isabs(p) and os.path.isfile(p) for p in value.split(":")), value
-    pasted = fix.replace("<your command>", " ".join(map(shlex.quote, [
-        sys.executable, "-m", "threadguard", "doctor", "--json", "--fail-on", "never"])))
+    pasted = fix + "\n" + shlex.join([sys.executable, "-m", "threadguard", "doctor", "--json",
+                                     "--fail-on", "never"])  # the whole line, as pasted
     out = subprocess.run(["sh", "-c", pasted], capture_output=True, text=True, cwd=tmp_path,
                          env=doctor_env(LD_PRELOAD=hostile), timeout=120)
     assert out.returncode == 0, out.stderr
@@ -81,3 +81,10 @@ def test_a_fix_the_checked_command_already_has_is_not_repeated(tmp_path):
         return {f["code"] for f in json.loads(out.stdout)["findings"]}
     assert "TG104" in codes(*work)
     assert "TG104" not in codes("env", f"LD_PRELOAD={intel_libiomp5()}", *work)
+
+
+def test_a_preload_that_cannot_settle_the_order_keeps_the_finding(tmp_path):
+    intel, gnu = intel_libiomp5(), sklearn_libgomp()
+    for value in ("libiomp5.so", f"{gnu}:{intel}"):  # not found by ld.so; GNU's first
+        assert "TG104" in findings(doctor_env(LD_PRELOAD=value), tmp_path), value
+    assert "TG104" not in findings(doctor_env(LD_PRELOAD=f"{intel}:{gnu}"), tmp_path)

@@ -204,3 +204,23 @@ def test_scikit_learns_own_tests_pass_with_leaks_failing(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:]
     assert "TG601" not in out.stdout
     assert re.search(r"TG602 pool started\s+(openmp:libgomp|loky)", out.stdout), out.stdout[-3000:]
+
+
+def test_without_proc_the_plugin_falls_back_to_python_threads(pytester):
+    # Another OS has no /proc/self/task and no attribution: Python's own list
+    # of threads stands in, and nothing crashes.
+    pytester.makeconftest("""
+        import os
+        _listdir = os.listdir
+        def listdir(path="."):
+            if str(path).startswith("/proc"):
+                raise FileNotFoundError(2, "No such file or directory", str(path))
+            return _listdir(path)
+        os.listdir = listdir
+    """)
+    pytester.makepyfile(SUITE)
+    result = run(pytester, "--threadguard")
+    result.assert_outcomes(passed=3)
+    rows = table(result)
+    assert [r[1:3] for r in rows] == [["TG601 thread leak", "python"]], result.stdout.str()
+    assert rows[0][4] == "forgotten"

@@ -118,20 +118,20 @@ def parse_cpulist(text: str | None) -> tuple[int, ...]:
             span = part
             if ":" in span:
                 span, stride_text = span.split(":", 1)
-                stride = _cpu_number(stride_text.split("/")[0])
+                stride = parse_number(stride_text.split("/")[0])
             if "-" in span:
-                lo, hi = (_cpu_number(x) for x in span.split("-", 1))
+                lo, hi = (parse_number(x) for x in span.split("-", 1))
                 if hi < lo:
                     raise ValueError
                 cpus.update(range(lo, hi + 1, max(stride, 1)))
             else:
-                cpus.add(_cpu_number(span))
+                cpus.add(parse_number(span))
         except ValueError:
-            raise ValueError(f"not a CPU list: {_shown(text)}") from None
+            raise ValueError(f"not a CPU list: {shown(text)}") from None
     return tuple(sorted(cpus))
 
 
-def _cpu_number(text: str) -> int:
+def parse_number(text: str) -> int:
     """A CPU number as the kernel writes it: ASCII digits, at most MAX_CPU."""
     text = text.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) > MAX_CPU:
@@ -139,7 +139,7 @@ def _cpu_number(text: str) -> int:
     return int(text)
 
 
-def _shown(text: str) -> str:
+def shown(text: str) -> str:
     """Untrusted text for a one-line message: quoted, escaped, cut short."""
     return repr(text[:60] + ("..." if len(text) > 60 else ""))
 
@@ -150,7 +150,7 @@ def parse_cpumask(text: str | None) -> tuple[int, ...]:
         return ()
     digits = text.strip().replace(",", "")
     if not all(c in "0123456789abcdefABCDEF" for c in digits) or len(digits) > MAX_CPU // 4:
-        raise ValueError(f"not a CPU mask: {_shown(text)}")
+        raise ValueError(f"not a CPU mask: {shown(text)}")
     value = int(digits or "0", 16)
     cpus = []
     bit = 0

@@ -109,7 +109,10 @@ def quota_cpus(quota_us: int | None, period_us: int | None) -> float | None:
     """A quota/period pair as CPUs (``150000/100000`` -> 1.5); None when unlimited."""
     if quota_us is None or quota_us < 0 or not period_us or period_us <= 0:
         return None
-    return quota_us / period_us
+    try:
+        return quota_us / period_us
+    except OverflowError:  # beyond any machine: no limit
+        return None
 
 
 def quota_budget(quota: float | None, allowed: int) -> int:

@@ -246,6 +246,8 @@ def _cmd_doctor(args) -> int:
     cmd = command_of(args.cmd)
     if args.dask is not None:
         return _doctor_dask(args)
+    if args.cmd and not cmd:
+        raise ValueError("a command goes after --: threadguard doctor -- CMD ...")
     if cmd and (args.imports or args.pid):
         print("threadguard: error: give one target: --import, --pid or -- CMD", file=sys.stderr)
         return EXIT_USAGE
@@ -327,12 +329,12 @@ def _cmd_watch(args) -> int:
     from .watch import watch
 
     target = args.target
-    if target[:1] == ["--"]:
+    if target[:1] == ["--"] and len(target) > 1:
         cmd, pid = target[1:], None
         _command.resolve(cmd)  # before anything is printed
-    elif len(target) == 1:
+    elif len(target) == 1 and target[0] != "--":
         cmd, pid = [], None
-        if target[0].isdigit() and 0 < int(target[0]) < 1 << 32:
+        if target[0].isascii() and target[0].isdigit() and 0 < int(target[0]) < 1 << 31:
             pid = int(target[0])
         if pid is None:
             raise ValueError(f"not a process id: {target[0]!r} (a command goes after --)")
@@ -367,24 +369,40 @@ COMMANDS = {"doctor": _cmd_doctor, "record": _cmd_record, "watch": _cmd_watch, "
             "bench-openvino": _cmd_bench_openvino}
 
 
+def _stop_requested(signum, frame):
+    raise KeyboardInterrupt  # as Ctrl-C: commands stop what they started, write what they have
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    import signal
+    for name in ("SIGTERM", "SIGHUP"):  # timeout(1), a closed terminal: clean up as on Ctrl-C
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
+            signal.signal(getattr(signal, name), _stop_requested)
     try:
         return COMMANDS[args.command](args)
     except ThreadguardError as err:
-        print(f"threadguard: error: {_one_line(err)}", file=sys.stderr)
-        return err.exit_code
+        return _error(_one_line(err), err.exit_code)
     except ValueError as err:
-        print(f"threadguard: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(_one_line(err), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as err:  # a full disk or closed output, an unreadable file
+        return _error(_one_line(err), EXIT_USAGE)
+
+
+def _error(message: str, code: int) -> int:
+    try:
+        print(f"threadguard: error: {message}", file=sys.stderr)
+    except OSError:  # stderr itself cannot be written
+        pass
+    return code
 
 
 if __name__ == "__main__":

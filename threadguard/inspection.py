@@ -13,7 +13,7 @@ from typing import NamedTuple
 import psutil
 
 from . import attribution as _attribution
-from ._errors import AccessDenied, NoSuchProcess, ProcessError
+from ._errors import AccessDenied, NoSuchProcess, ProcessError, ZombieProcess
 from .threads import take_census
 from .libraries import loaded_libraries
 from .pools import Pool, detect_pools, family_of_runtime
@@ -26,15 +26,19 @@ IS_LINUX = sys.platform.startswith("linux")
 PF_KTHREAD = 0x00200000  # include/linux/sched.h
 
 
-def _is_kernel_thread(pid: int) -> bool:
-    """From the flags field (9th) of ``/proc/PID/stat``, read after the
-    command name, which may hold spaces and parentheses."""
+def _state_and_flags(pid: int) -> tuple[str, int]:
+    """The state (3rd) and flags (9th) fields of ``/proc/PID/stat``, read
+    after the command name, which may hold spaces and parentheses."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return bool(int(fields[6]) & PF_KTHREAD)
+        return fields[0].decode(), int(fields[6])
     except (OSError, IndexError, ValueError):
-        return False
+        return "?", 0
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    return bool(_state_and_flags(pid)[1] & PF_KTHREAD)
 
 
 def environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
@@ -111,7 +115,10 @@ def gather(pid: int | None = None, interval: float = 0.2, *, fsroot=None,
         return Facts(_inspect_portable(target, interval), None, None)
     if not os.path.exists(f"/proc/{target}"):
         raise NoSuchProcess(target)
-    if _is_kernel_thread(target):
+    state, flags = _state_and_flags(target)
+    if state == "Z":
+        raise ZombieProcess(target)
+    if flags & PF_KTHREAD:
         raise ProcessError(target, "it is a kernel thread: no user code, libraries or pools")
     notes: list[str] = []
     census = take_census(target, interval)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import cgroup
 from ._errors import BadMachineFacts, NoSuchProcess
-from ._fs import FsRoot, format_cpulist, parse_cpulist
+from ._fs import FsRoot, format_cpulist, parse_cpulist, parse_number, shown
 
 SYS_CPU = "/sys/devices/system/cpu"
 SYS_NODE = "/sys/devices/system/node"
@@ -246,7 +246,12 @@ def _read_numa(fs: FsRoot, online: tuple[int, ...], notes: list[str]) -> tuple[N
         base = f"{SYS_NODE}/node{node}"
         cpus = _cpu_set(fs, base, "cpulist", "cpumap") or ()
         dist_text = fs.try_read(f"{base}/distance")
-        distances = tuple(int(x) for x in dist_text.split()) if dist_text else None
+        try:
+            distances = (tuple(parse_number(x) for x in dist_text.split()) if dist_text
+                         else None)
+        except ValueError:
+            raise BadMachineFacts(f"{fs.path(base + '/distance')}: not a list of distances: "
+                                  f"{shown(dist_text)}") from None
         nodes.append(NumaNode(node, tuple(c for c in cpus if c in online_set), distances))
     seen: set[int] = set()
     for node in nodes:

@@ -23,6 +23,9 @@ from .render.trace import trace_events
 from .sampler import Sampler
 
 
+OUTPUTS = ("trace.json", "summary.json", "timeline.png", "timeline.svg")
+
+
 class OutputDir:
     """Where a recording goes: checked up front, written without following links."""
 
@@ -31,7 +34,15 @@ class OutputDir:
         if os.path.lexists(path) and not os.path.isdir(path):
             what = "a link to nothing" if os.path.islink(path) else "not a directory"
             raise ThreadguardError(f"output {path!r} is {what}")
-        self.created = not os.path.lexists(path)
+        self.created = []  # directories made here, deepest last
+        ancestor = os.path.abspath(path)
+        while not os.path.lexists(ancestor):
+            self.created.insert(0, ancestor)
+            ancestor = os.path.dirname(ancestor)
+        for name in OUTPUTS:
+            if os.path.isdir(os.path.join(path, name)) and not os.path.islink(
+                    os.path.join(path, name)):
+                raise ThreadguardError(f"output {os.path.join(path, name)!r} is a directory")
         try:
             os.makedirs(path, exist_ok=True)
             # mkdtemp: a new directory only this user can enter (0700).
@@ -57,11 +68,11 @@ class OutputDir:
 
     def close(self, failed: bool = False) -> None:
         shutil.rmtree(self.private, ignore_errors=True)
-        if failed and self.created:  # made for a recording that never started
+        for directory in reversed(self.created if failed else ()):  # made for nothing
             try:
-                os.rmdir(self.path)  # only while empty
+                os.rmdir(directory)  # only while empty
             except OSError:
-                pass
+                break
 
 
 class LiveTrace:
@@ -130,7 +141,7 @@ def record(*, pid: int | None = None, cmd: list[str] | None = None, seconds: flo
     if cmd:
         _command.resolve(cmd)  # nothing is created for a command that cannot start
     out = OutputDir(out_dir)
-    proc = live = None
+    proc = live = sampler = None
     status = None
     written = False
     try:
@@ -157,7 +168,8 @@ def record(*, pid: int | None = None, cmd: list[str] | None = None, seconds: flo
             if live is not None:
                 live.close()
             if proc is not None:  # time is up, or Ctrl-C: the files are still written
-                status = 0 if _command.stop(proc) else _command.shell_status(proc.returncode)
+                stopped = _command.stop(proc) or (sampler is not None and sampler.interrupted)
+                status = 0 if stopped else _command.shell_status(proc.returncode)
         title = " ".join([os.path.basename(cmd[0])] + cmd[1:]) if cmd else f"process {pid}"
         paths = write_outputs(rec, out, report, title[:80])
         written = True

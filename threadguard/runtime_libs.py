@@ -92,12 +92,15 @@ def preload_value(path: str, existing: str | None) -> str:
 
 
 def preload_fix(path: str, existing: str | None) -> str:
-    """A fix line that works when pasted: quoted, or ``threadguard run``
-    when the path cannot go into LD_PRELOAD at all."""
+    """A fix line that works when pasted (what follows ``#`` is a remark),
+    or says to use ``threadguard run`` when the path cannot go into
+    LD_PRELOAD at all."""
     if not ld_so_can_carry(path):
-        return ("threadguard run -- <your command>   (it preloads through a link: LD_PRELOAD "
-                f"cannot carry {shlex.quote(path)}, ld.so splits it at spaces and colons)")
-    return f"LD_PRELOAD={shlex.quote(preload_value(path, existing))} <your command>"
+        return (f"# LD_PRELOAD cannot carry {shlex.quote(path)} (ld.so splits it at spaces "
+                "and colons): start the command with threadguard run -- COMMAND, which "
+                "preloads it through a link")
+    return (f"export LD_PRELOAD={shlex.quote(preload_value(path, existing))}  "
+            "# or: threadguard run -- COMMAND")
 
 
 def _tbb_version(path: str) -> str | None:

@@ -77,6 +77,7 @@ class Sampler:
         self.reader = TaskReader(pid)
         self.recording = Recording(pid, hz, read_topology(pid=pid).effective_cpus)
         self._last: dict[int, tuple[int, int]] = {}
+        self.interrupted = False  # stopped by Ctrl-C (or SIGTERM), not by the process
         self._t0 = time.monotonic()
         self._prev = self._t0
         self._prime()
@@ -157,6 +158,7 @@ class Sampler:
                 if stop is not None and stop():
                     break
         except KeyboardInterrupt:
+            self.interrupted = True
             self.recording.notes.append("stopped with Ctrl-C")
         finally:
             self.reader.close()

@@ -41,15 +41,15 @@ def check_machine(topology, environ, host_cpus: int | None) -> list:
                 evidence.append(throttled)
             out.append(finding("TG302", f"pools will size to {host_cpus} CPUs; this process "
                                f"may use {eff}", evidence,
-                               f"export OMP_NUM_THREADS={eff}   (or: threadguard run -- <command>)"))
+                               f"export OMP_NUM_THREADS={eff}  # or: threadguard run -- COMMAND"))
     nodes = [n for n in topology.numa_nodes if set(n.cpus) & set(topology.allowed_cpus)]
     if len(nodes) > 1:
         from ..planner import make_plan
         plan = make_plan(topology, "latency")
         out.append(finding("TG305", f"this process may run on {len(nodes)} NUMA nodes",
                            [f"node {n.id}: CPUs {format_cpulist(n.cpus)}" for n in nodes],
-                           f"numactl {' '.join(plan.numactl_args())} <command>   or: "
-                           "threadguard run --mode latency -- <command>"))
+                           f"numactl {' '.join(plan.numactl_args())} \"$SHELL\"  # a shell on "
+                           "one node; or: threadguard run --mode latency -- COMMAND"))
     return out
 
 

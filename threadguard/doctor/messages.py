@@ -71,5 +71,5 @@ def _preload_fix_for(name: str) -> str:
     """Only an existing absolute path is pasted; a bare name is a template."""
     if os.path.isabs(name) and os.path.isfile(name):
         return preload_fix(name, os.environ.get("LD_PRELOAD"))
-    return (f"preload it by its absolute path: LD_PRELOAD=/path/to/{shlex.quote(os.path.basename(name))} "
-            "<your command>")
+    return (f"preload it by its absolute path: export LD_PRELOAD=/path/to/"
+            f"{shlex.quote(os.path.basename(name))}")

@@ -6,7 +6,7 @@ import os
 import re
 import shlex
 
-from ..runtime_libs import parse_ld_preload, preload_fix
+from ..runtime_libs import classify, parse_ld_preload, preload_fix
 from .findings import finding
 
 
@@ -48,8 +48,7 @@ def check_loaded(runtimes, environ, gomp_provider: str | None = None) -> list:
                 [f"#{first_gnu.load_index} libgomp: {first_gnu.path}",
                  f"#{first_intel.load_index} libiomp5: {first_intel.path}"]
                 + ([f"GOMP_* symbols served by {gomp_provider}"] if gomp_provider else []),
-                f"{_preload_line(first_intel.path, environ)}   "
-                f"(or: threadguard run -- <your command>)"))
+                _preload_line(first_intel.path, environ)))
         elif gomp_provider and "iomp" not in os.path.basename(gomp_provider):
             out.append(finding(
                 "TG102", "Intel OpenMP loaded first, but GOMP_* symbols are served by another "
@@ -78,17 +77,21 @@ def check_loaded(runtimes, environ, gomp_provider: str | None = None) -> list:
 def check_shipped(shipped, environ, openvino_version: str | None) -> list:
     """Conflicts predicted from what the installed packages ship."""
     out = []
-    preload = [e.path or e.entry for e in parse_ld_preload(environ.get("LD_PRELOAD"))]
     intel = [r for r in shipped if r.name == "libiomp5"]
     gnu = [r for r in shipped if r.name == "libgomp"]
     llvm = [r for r in shipped if r.name == "libomp"]
-    intel_preloaded = any("iomp5" in os.path.basename(p) for p in preload)
+    # Settled only when the first OpenMP runtime preloaded is Intel's and
+    # ld.so can find it (a bare name it cannot find is skipped with an error).
+    first = next((e for e in parse_ld_preload(environ.get("LD_PRELOAD"))
+                  if (classify(e.entry) or ("", ""))[0] == "openmp"), None)
+    intel_preloaded = (first is not None and classify(first.entry)[1] == "libiomp5"
+                       and _found_by_ld_so(first, environ))
     if intel and gnu and not intel_preloaded:
         out.append(finding(
             "TG104", "Intel and GNU OpenMP are both installed: if both load, Intel's must be "
             "initialized first",
             [f"{r.name}: {r.path} ({r.distribution})" for r in intel[:1] + gnu],
-            f"{_preload_line(intel[0].path, environ)}   (threadguard run does this)"))
+            _preload_line(intel[0].path, environ)))
     if intel and llvm:
         out.append(finding(
             "TG104", "Intel OpenMP and LLVM OpenMP are both installed: loaded together they can "
@@ -148,3 +151,17 @@ def check_mixed_pools(report) -> list:
                         "export OMP_WAIT_POLICY=PASSIVE, and give each pool its share: "
                         "with threadguard.budget(): ...")]
     return []
+
+
+_LIBRARY_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib",
+                 "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
+                 "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
+
+
+def _found_by_ld_so(entry, environ) -> bool:
+    """An LD_PRELOAD entry ld.so will load: an existing file, or a bare name
+    on LD_LIBRARY_PATH or in the usual library directories."""
+    if entry.path is not None:
+        return os.path.isfile(entry.path)
+    dirs = [d for d in environ.get("LD_LIBRARY_PATH", "").split(":") if d] + list(_LIBRARY_DIRS)
+    return any(os.path.isfile(os.path.join(d, entry.entry)) for d in dirs)

@@ -107,7 +107,6 @@ def run_command(cmd: list[str], interval: float, echo=sys.stderr) -> Checked:
     """Run ``cmd``, sampling its threads while it runs; its stderr is passed
     through and kept for classification. The report is the worst sample's
     (report None when it ended before one)."""
-    from ..inspection import gather
     proc = _command.start(cmd, stderr=subprocess.PIPE)
     captured: list[bytes] = []
 
@@ -121,6 +120,14 @@ def run_command(cmd: list[str], interval: float, echo=sys.stderr) -> Checked:
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    try:
+        return _sample_until_exit(proc, interval, reader, captured)
+    finally:  # Ctrl-C or SIGTERM: the command does not outlive the doctor
+        _command.stop(proc)
+
+
+def _sample_until_exit(proc, interval, reader, captured) -> Checked:
+    from ..inspection import gather
     worst = None
     environ = provider = None
     while proc.poll() is None:

@@ -16,7 +16,7 @@ def check(environ, cpus: int) -> list:
     if problem:
         out.append(finding("TG201", f"OMP_NUM_THREADS={omp!r} is {problem}",
                            [f"OMP_NUM_THREADS={omp!r}",
-                            "OpenMP pools then use every CPU: "
+                            "GNU and Intel OpenMP pools then use every CPU: "
                             f"{cpus} here" if cpus else ""],
                            f"export OMP_NUM_THREADS={cpus}"))
     elif omp is not None and omp.strip(" \t\n\v\f\r") == "":
@@ -25,7 +25,7 @@ def check(environ, cpus: int) -> list:
         out.append(finding("TG201", "OMP_NUM_THREADS is set but empty: GNU OpenMP warns "
                            "and uses every CPU, LLVM OpenMP aborts at start-up",
                            [f"OMP_NUM_THREADS={omp!r}"],
-                           f"unset OMP_NUM_THREADS   (or: export OMP_NUM_THREADS={cpus})"))
+                           f"unset OMP_NUM_THREADS  # or: export OMP_NUM_THREADS={cpus}"))
     elif omp and "," in omp:
         levels = environ.get("OMP_MAX_ACTIVE_LEVELS")
         nested = (environ.get("OMP_NESTED", "").lower() == "true"
@@ -48,7 +48,7 @@ def check(environ, cpus: int) -> list:
         if value <= 0:
             out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi): OpenBLAS then "
                                "uses every core, not 1", [f"{name}={text!r}"],
-                               f"export {name}=1   (or the thread count you meant)"))
+                               f"export {name}=1  # or the thread count you meant"))
         elif not re.fullmatch(r"[ \t\n\v\f\r]*[0-9]+[ \t\n\v\f\r]*", text):
             out.append(finding("TG201", f"{name}={text!r} reads as {value} (atoi stops at the "
                                "first non-digit)", [f"{name}={text!r}"],
@@ -67,7 +67,7 @@ def check(environ, cpus: int) -> list:
                             f"read by {', '.join(here)} (installed here)" if here else
                             f"nothing installed here reads it ({', '.join(readers)} would): "
                             "it may be meant for another environment"],
-                           f"export {name}={cpus}   (or unset it)"))
+                           f"export {name}={cpus}  # or unset it"))
 
     mkl = environ.get("MKL_NUM_THREADS")
     if mkl and threads and mkl.strip().isdigit() and int(mkl) != threads:
