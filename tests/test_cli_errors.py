@@ -65,7 +65,8 @@ def test_a_recording_stopped_by_threadguard_succeeds_and_signals_read_as_a_shell
     ["record", "--hz", "1e-300", "--", "true"], ["record", "--seconds", "inf", "--", "true"],
     ["doctor", "--interval", "nan"], ["inspect", "--interval", "-inf"], ["watch", "0"],
     ["watch", "99999999999999999999"], ["topology", "--pid", "4194000"],
-    ["record", "--pid", "99999999999", "--seconds", "1"], ["doctor", "--dask", ""]])
+    ["record", "--pid", "99999999999", "--seconds", "1"], ["doctor", "--dask", ""],
+    ["doctor", "--dask", "tcp://a\nb:1"]])
 def test_bad_numbers_and_missing_processes_exit_2(args):
     out = tg(*args, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
@@ -221,3 +222,20 @@ def test_a_zombie_cannot_be_inspected():
             assert out.returncode == 2 and "zombie" in one_line_error(out)
     finally:
         child.wait()
+
+
+def test_ctrl_c_while_the_timeline_is_drawn_keeps_the_recording(tmp_path, monkeypatch, capsys):
+    from threadguard import record
+    from threadguard.render import timeline
+    from threadguard.sampler import Recording
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(timeline, "plot_timeline", interrupted)
+    out = record.OutputDir(str(tmp_path / "out"))
+    try:
+        paths = record.write_outputs(Recording(os.getpid(), 20.0, 2), out, None, "title")
+    finally:
+        out.close()
+    assert sorted(os.path.basename(p) for p in paths) == ["summary.json", "trace.json"]
+    assert "interrupted" in capsys.readouterr().err

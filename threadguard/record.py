@@ -126,6 +126,8 @@ def write_outputs(rec, out: OutputDir, report=None, title: str = "") -> list[str
         paths += [out.publish(n) for n in names]
     except ImportError as err:
         print(f"threadguard: warning: no timeline pictures: {err}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C while drawing: the recording itself is written
+        print("threadguard: warning: timeline pictures skipped (interrupted)", file=sys.stderr)
     except Exception as err:  # the trace and the summary stand without them
         print(f"threadguard: warning: the timeline could not be drawn: {err}", file=sys.stderr)
     return paths

@@ -206,6 +206,8 @@ def report_from_child(address: str, interval: float = 0.5) -> dict:
 
     if not address.strip():
         raise ThreadguardError("--dask needs a scheduler address, e.g. tcp://HOST:8786")
+    if any(c.isspace() or not c.isprintable() for c in address):
+        raise ThreadguardError(f"not a scheduler address: {address!r}")
     where = f"the Dask scheduler at {address!r}"
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, address, str(interval),
