@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 from .applied import Applied
 
@@ -31,7 +30,7 @@ def _syscall():
 
 def get_mempolicy() -> tuple[int, tuple[int, ...]] | None:
     """The calling thread's (mode, nodes), or None where unsupported."""
-    numbers = _SYSCALLS.get(platform.machine())
+    numbers = _SYSCALLS.get(os.uname().machine)
     if numbers is None:
         return None
     mode = ctypes.c_int(0)
@@ -45,9 +44,9 @@ def get_mempolicy() -> tuple[int, tuple[int, ...]] | None:
 
 
 def set_mempolicy(mode: int, nodes) -> None:
-    numbers = _SYSCALLS.get(platform.machine())
+    numbers = _SYSCALLS.get(os.uname().machine)
     if numbers is None:
-        raise OSError(f"set_mempolicy: unsupported machine {platform.machine()}")
+        raise OSError(f"set_mempolicy: unsupported machine {os.uname().machine}")
     mask = (ctypes.c_ulong * _MASK_LONGS)()
     for node in nodes or ():
         mask[node // 64] |= 1 << (node % 64)
