@@ -153,9 +153,9 @@ def test_a_dumped_tree_that_is_missing_or_holds_a_fifo_or_an_endless_file(tmp_pa
 
 
 def test_a_kernel_thread_is_named_as_such(tmp_path):
-    from threadguard.inspection import _is_kernel_thread
-    kernel = next((int(p) for p in os.listdir("/proc") if p.isdigit() and _is_kernel_thread(int(p))),
-                  None)
+    from threadguard.inspection import PF_KTHREAD, _state_and_flags
+    kernel = next((int(p) for p in os.listdir("/proc")
+                   if p.isdigit() and _state_and_flags(int(p))[1] & PF_KTHREAD), None)
     if kernel is None:
         pytest.skip("no kernel thread visible here (a PID namespace)")
     for command in (["inspect"], ["doctor"]):

@@ -100,7 +100,7 @@ def changed_since(before: dict, ignore=()) -> list[str]:
     now = _data if _fast else os.environ
     if now == before:
         return []
-    skip = {encode(name) for name in ignore} if _fast else set(ignore)
+    skip = {encode(name) for name in ignore}
     keys = [k for k, v in now.items() if k not in skip and before.get(k, _MISSING) != v]
     keys += [k for k in before if k not in now and k not in skip]
     return sorted(os.fsdecode(k) if isinstance(k, bytes) else k for k in keys)

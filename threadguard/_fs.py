@@ -72,8 +72,11 @@ class FsRoot:
         """The CPU list (or hex mask) in a file; None when absent or empty.
         A file that holds something else is an error naming the file."""
         text = self.try_read(path)
-        if not text:
-            return None
+        return self.cpulist_in(path, text, mask) if text else None
+
+    def cpulist_in(self, path: str, text: str, mask: bool = False) -> tuple[int, ...]:
+        """``text``, read from ``path``, as a CPU list (or hex mask); an error
+        naming the file when it is something else."""
         try:
             return parse_cpumask(text) if mask else parse_cpulist(text)
         except ValueError as err:

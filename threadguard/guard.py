@@ -74,6 +74,8 @@ class _Registry:
         """``(process-scope limiters, thread-scope limiters)``; may rescan."""
         generation = linker_generation()
         modules = sys.modules
+        if len(modules) == self.modules_count and generation == self.generation:
+            return self.split  # nothing loaded or imported since the last look
         key = self.modules_key
         if len(modules) != self.modules_count:  # an import happened
             triggers = self.triggers
@@ -230,7 +232,6 @@ class _Ledger:
 _ledger = _Ledger()
 _get_ident, _getframe, _new_row = threading.get_ident, sys._getframe, tuple.__new__
 _current_thread = threading.current_thread
-_modules = sys.modules
 _WITH_OPCODES = frozenset(opcode.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
                                                            "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
                           if name in opcode.opmap)
@@ -494,10 +495,7 @@ class budget:
         the ledger is not empty and clean after all; take the general way."""
         led = _ledger
         reg = _registry
-        if linker_generation() == reg.generation and len(_modules) == reg.modules_count:
-            process_limiters, thread_limiters = reg.split  # nothing loaded or imported since
-        else:
-            process_limiters, thread_limiters = reg.current()
+        process_limiters, thread_limiters = reg.current()
         want = grant = plan.threads
         capacity = self._capacity
         if capacity < grant:

@@ -37,10 +37,6 @@ def _state_and_flags(pid: int) -> tuple[str, int]:
         return "?", 0
 
 
-def _is_kernel_thread(pid: int) -> bool:
-    return bool(_state_and_flags(pid)[1] & PF_KTHREAD)
-
-
 def environ_of(pid: int) -> tuple[dict[str, str] | None, str | None]:
     """A process's environment (another's: as it started, /proc/PID/environ) and why not."""
     if pid == os.getpid():

@@ -122,9 +122,9 @@ def _online_cpus(fs: FsRoot, notes: list[str]) -> tuple[int, ...]:
 def _cpu_set(fs: FsRoot, base: str, *names: str) -> tuple[int, ...] | None:
     """The first of ``name_list`` (cpulist) or ``name`` (hex mask) found."""
     for name in names:
-        if fs.try_read(f"{base}/{name}") is None:
-            continue
-        return fs.try_cpulist(f"{base}/{name}", mask=not name.endswith("list")) or ()
+        text = fs.try_read(f"{base}/{name}")
+        if text is not None:
+            return fs.cpulist_in(f"{base}/{name}", text, mask=not name.endswith("list"))
     return None
 
 

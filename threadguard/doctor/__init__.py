@@ -71,7 +71,8 @@ def doctor(target: str = "environment", *, value=None, interval: float = 0.5) ->
         topo = read_topology()
         report = Report(pid=os.getpid(), topology=topo, census=None, attribution=None,
                         runtimes=(), runtimes_order_source=None, ld_preload=None, pools=())
-        found = diagnose(topology=topo, shipped=shipped)
+        environ = dict(os.environ)
+        found = diagnose(topology=topo, environ=environ, shipped=shipped)
     elif target in ("import", "pid", "command"):
         checked = {"import": targets.inspect_imports, "pid": targets.inspect_pid,
                    "command": targets.run_command}[target](value, interval)
@@ -92,7 +93,6 @@ def doctor(target: str = "environment", *, value=None, interval: float = 0.5) ->
     else:
         raise ValueError(f"unknown doctor target {target!r}")
     from .checklist import checklist
-    environ = environ if target != "environment" else os.environ
     extra["checked"] = [list(row) for row in checklist(report.topology, report.runtimes,
-                                                       shipped, environ or {})]
+                                                       shipped, environ)]
     return replace(report, findings=tuple(found)), extra

@@ -79,9 +79,7 @@ def inspect_imports(entries: list[str], interval: float):
                 raise ImportError(f"the imports took over {IMPORT_TIMEOUT:.0f} s")
             raise ImportError(err[-1] if err else
                               f"the child exited with {_command.shell_status(proc.returncode)}")
-        facts = gather(proc.pid, interval)
-        return Checked(facts.report, facts.environ,
-                       gomp_provider(proc.pid, facts.libraries) if facts.libraries else None)
+        return _checked(proc.pid, gather(proc.pid, interval))
     finally:
         try:
             proc.stdin.close()
@@ -98,7 +96,11 @@ def inspect_imports(entries: list[str], interval: float):
 
 def inspect_pid(pid: int, interval: float) -> Checked:
     from ..inspection import gather
-    facts = gather(pid, interval)
+    return _checked(pid, gather(pid, interval))
+
+
+def _checked(pid: int, facts) -> Checked:
+    """A live process's facts: its report and environment, and who serves GOMP_*."""
     return Checked(facts.report, facts.environ,
                    gomp_provider(pid, facts.libraries) if facts.libraries else None)
 
