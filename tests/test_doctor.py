@@ -479,8 +479,12 @@ def test_what_the_doctor_says_of_a_bad_omp_num_threads_is_what_the_runtimes_do(v
              "lib.omp_get_max_threads.restype = ctypes.c_int; print(lib.omp_get_max_threads())")
 
     def run(path):
-        return subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS=value), timeout=60)
+        try:
+            return subprocess.run([sys.executable, "-c", probe, path], capture_output=True,
+                                  text=True, env=dict(os.environ, OMP_NUM_THREADS=value),
+                                  timeout=30)
+        except subprocess.TimeoutExpired:  # libomp reading junk as a count can hang
+            return subprocess.CompletedProcess(path, None, "", "hung")
     gnu = run(sklearn_libgomp())
     assert "GNU OpenMP warns" in title or "GNU and Intel OpenMP ignore it (and warn)" in title
     assert "Invalid value" in gnu.stderr and gnu.stdout.split() == [str(CPUS)]
@@ -488,7 +492,8 @@ def test_what_the_doctor_says_of_a_bad_omp_num_threads_is_what_the_runtimes_do(v
     if "LLVM OpenMP aborts" in title:
         assert llvm.returncode != 0
     else:
-        assert "misreads" in title and llvm.stdout.split() != [str(CPUS)] and llvm.stderr
+        assert "misreads" in title and "hang" in title
+        assert llvm.stdout.split() != [str(CPUS)] and llvm.stderr
 
 
 def test_a_bad_value_of_a_library_variable_is_flagged_installed_or_not():

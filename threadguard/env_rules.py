@@ -28,9 +28,10 @@ def openmp_value(text: str | None) -> tuple[int | None, str | None]:
         return None, None
     if not OPENMP_LIST.match(text):
         # Checked with the runtimes: GNU and Intel warn and use every CPU;
-        # LLVM's libomp 14 warns and reads a nonsense count.
+        # LLVM's libomp 14 reads uninitialised memory as the count: a random
+        # number, "Out of heap memory", an assertion, at times a hang.
         return None, ("not a list of positive integers: GNU and Intel OpenMP ignore it (and "
-                      "warn), LLVM OpenMP warns and misreads it")
+                      "warn), LLVM OpenMP misreads it (a random count; it may abort or hang)")
     first = text.split(",")[0].strip(" \t\n\v\f\r")
     if len(first) > 10 or int(first) > _INT_MAX:
         return None, "larger than the runtimes accept: they ignore it (and warn)"
