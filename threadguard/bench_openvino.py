@@ -10,7 +10,6 @@ and the inference thread in budget sections, so the ledger shares the CPUs.
 from __future__ import annotations
 
 import os
-import statistics
 import threading
 import time
 from dataclasses import dataclass

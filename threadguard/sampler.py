@@ -13,7 +13,6 @@ nothing but the kernel's bookkeeping. Between two samples a thread was:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 

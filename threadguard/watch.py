@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import sys
-import time
 from collections import defaultdict
 
 from .sampler import RUNNABLE, SLEEPING, Sampler
