@@ -145,3 +145,25 @@ def test_unreadable_memory_falls_back_and_says_why():
     assert facts["pools"] == ["main", "unattributed"]
     assert "ptrace" in facts["att_note"]
     assert facts["threads"] >= 2  # the census itself still works
+
+
+def test_real_path_is_os_path_realpath(tmp_path, monkeypatch):
+    # libc's realpath(3) stands in for os.path.realpath: the same answer for
+    # links, chains, dangling and relative paths (a wrong key would split one
+    # library into two limiters).
+    from threadguard.libraries import real_path
+    lib = tmp_path / "lib" / "libx.so.1.2"
+    lib.parent.mkdir()
+    lib.write_bytes(b"")
+    (tmp_path / "lib" / "libx.so.1").symlink_to("libx.so.1.2")
+    (tmp_path / "libx.so").symlink_to(tmp_path / "lib" / "libx.so.1")
+    (tmp_path / "dir-link").symlink_to("lib")
+    (tmp_path / "dangling").symlink_to("nowhere/libz.so")
+    (tmp_path / "loop").symlink_to("loop")
+    monkeypatch.chdir(tmp_path)
+    paths = [str(tmp_path / "libx.so"), str(tmp_path / "dir-link" / "libx.so.1"),
+             str(tmp_path / "dir-link" / ".." / "libx.so"), "libx.so", "./dir-link//libx.so.1",
+             str(tmp_path / "dangling"), str(tmp_path / "loop"), str(tmp_path / "missing.so"),
+             "/"]
+    for path in paths:
+        assert real_path(path) == os.path.realpath(path), path

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._errors import BadMachineFacts
 
@@ -20,8 +20,7 @@ MAX_FILE = 16 << 20  # bytes read from one file: /proc/cpuinfo of 1,000 CPUs is 
 MAX_CPU = 1 << 16  # highest CPU (or NUMA node) number believed: Linux's NR_CPUS is at most 8192
 
 
-@dataclass(frozen=True)
-class FsRoot:
+class FsRoot(NamedTuple):
     """A root directory under which ``/proc`` and ``/sys`` are read."""
 
     root: str = "/"

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import math
 import posixpath
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ._fs import FsRoot
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     root: str  # the part of the hierarchy mounted here ("/" when unknown)
     mountpoint: str
     fstype: str
     options: frozenset[str]
 
 
-@dataclass(frozen=True)
-class CpuStat:
+class CpuStat(NamedTuple):
     """Throttling counters of one cgroup (``cpu.stat``)."""
 
     nr_periods: int
@@ -33,8 +31,7 @@ class CpuStat:
     throttled_seconds: float
 
 
-@dataclass(frozen=True)
-class CgroupLimits:
+class CgroupLimits(NamedTuple):
     """What the cgroups allow a process, each value with where it came from."""
 
     version: int | None = None  # 1, 2, or None when no cgroup was readable
@@ -45,7 +42,7 @@ class CgroupLimits:
     cpuset_mems: tuple[int, ...] | None = None
     cpuset_source: str | None = None
     cpu_stat_file: str | None = None  # throttling counters of the quota's cgroup
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
 
 
 def parse_proc_cgroup(text: str) -> list[tuple[int, tuple[str, ...], str]]:

@@ -30,7 +30,6 @@ the child keeps only the forking thread's sections.
 from __future__ import annotations
 
 import functools
-import inspect
 import opcode
 import os
 import sys
@@ -567,6 +566,7 @@ class budget:
             return budget(self.requested, mode=self.mode, pin=self.pin, socket=self.socket,
                           env=self.env, allow_oversubscription=self.allow_oversubscription,
                           topology=self._topology, plan=self._given_plan)
+        import inspect  # here, not at import: the guard is imported at every pytest start
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def run_coroutine(*args, **kwargs):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import os
 import struct
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import _procmem
 from ._errors import AccessDenied, NoSuchProcess
@@ -24,24 +25,21 @@ ORDER_LINK_MAP = "r_debug link_map chain"
 ORDER_MAPS = "address order in /proc/PID/maps (not load order)"
 
 
-@dataclass(frozen=True)
-class LoadedLibrary:
+class LoadedLibrary(NamedTuple):
     path: str
     index: int  # position in the linker's list (0: the program itself)
     base: int = 0  # load bias (l_addr)
     dynamic: int = 0  # address of its dynamic section (l_ld); 0 when unknown
 
 
-@dataclass(frozen=True)
-class LoadedLibraries:
+class LoadedLibraries(NamedTuple):
     pid: int
     libraries: tuple[LoadedLibrary, ...]
     order_source: str
     note: str | None = None  # why a fallback was used
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(NamedTuple):
     start: int
     end: int
     perms: str
@@ -137,6 +135,37 @@ class _SelfLinkMap:
 
 
 _self_map = _SelfLinkMap()
+
+
+def _c_realpath():
+    """libc's realpath(3): one call, where ``os.path.realpath`` lstat()s
+    every component from Python (~100 us a library)."""
+    try:
+        libc = ctypes.CDLL(None)
+        realpath, free = libc.realpath, libc.free
+    except (OSError, AttributeError):
+        return None
+    realpath.argtypes, realpath.restype = (ctypes.c_char_p, ctypes.c_void_p), ctypes.c_void_p
+    free.argtypes, free.restype = (ctypes.c_void_p,), None
+    return realpath, free
+
+
+_C_REALPATH = _c_realpath() if os.name == "posix" else None
+
+
+@functools.lru_cache(maxsize=4096)
+def real_path(path: str) -> str:
+    """``os.path.realpath``, remembered (a loaded library's file does not
+    move, and every scan resolves each of them)."""
+    if _C_REALPATH is not None and "\0" not in path:
+        realpath, free = _C_REALPATH
+        found = realpath(os.fsencode(path), None)
+        if found:
+            try:
+                return os.fsdecode(ctypes.string_at(found))
+            finally:
+                free(found)
+    return os.path.realpath(path)  # gone, or no libc: the same answer from Python
 
 
 _IN_MEMORY = _procmem.SUPPORTED and sys.platform.startswith("linux")

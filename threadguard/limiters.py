@@ -23,9 +23,10 @@ limiter objects for the same libraries.
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
+
+from .libraries import real_path
 
 PROCESS, THREAD = "process", "thread"
 
@@ -49,7 +50,7 @@ class Limiter:
 
     def __post_init__(self):
         if not self.key:
-            self.key = (self.pool, os.path.realpath(self.path) if self.path else self.name)
+            self.key = (self.pool, real_path(self.path) if self.path else self.name)
 
     def apply(self, value: int) -> int | None:
         """Set ``value`` and return what the library now reports, reading it

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from . import cgroup
 from ._errors import BadMachineFacts, NoSuchProcess
@@ -21,29 +21,25 @@ SYS_CPU = "/sys/devices/system/cpu"
 SYS_NODE = "/sys/devices/system/node"
 
 
-@dataclass(frozen=True)
-class Package:
+class Package(NamedTuple):
     id: int
     cpus: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class NumaNode:
+class NumaNode(NamedTuple):
     id: int
     cpus: tuple[int, ...]  # empty for memory-only nodes (GPU, CXL, PMEM)
     distances: tuple[int, ...] | None = None  # to every node, in node-id order
 
 
-@dataclass(frozen=True)
-class Core:
+class Core(NamedTuple):
     package: int
     id: int
     cpus: tuple[int, ...]  # the SMT siblings (hardware threads) of this core
     kind: str | None = None  # "performance"/"efficiency" on hybrid CPUs, else None
 
 
-@dataclass(frozen=True)
-class Topology:
+class Topology(NamedTuple):
     """Machine facts, each limit with the source it came from."""
 
     online_cpus: tuple[int, ...]
@@ -62,7 +58,7 @@ class Topology:
     cpu_stat_file: str | None = None
     fsroot: str = "/"
     os_cpu_count: int | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
 
     @property
     def hybrid(self) -> bool:
@@ -83,7 +79,7 @@ class Topology:
         return tuple(out)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = self._asdict()
         for key in ("online_cpus", "allowed_cpus", "notes"):
             d[key] = list(d[key])
         d["allowed_numa_nodes"] = (list(self.allowed_numa_nodes)

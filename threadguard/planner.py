@@ -15,7 +15,7 @@ the planner is tested on dumped machines and built trees alike.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from ._fs import format_cpulist
 from .machine import Core, Topology
@@ -23,8 +23,7 @@ from .machine import Core, Topology
 MODES = ("throughput", "latency")
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """What a budget applies: each number says where it came from (``why``)."""
 
     mode: str
@@ -48,18 +47,21 @@ class Plan:
         n = check_count(n, "workers")
         share = max(1, self.threads // n)
         if not disjoint:
-            return tuple(replace(self, threads=share, streams=min(self.streams, share),
-                                 threads_per_stream=max(1, share // max(1, min(self.streams, share))),
-                                 why=f"{self.why}; 1/{n} share") for _ in range(n))
+            streams = min(self.streams, share)
+            return tuple(self._replace(threads=share, streams=streams,
+                                       threads_per_stream=max(1, share // max(1, streams)),
+                                       why=f"{self.why}; 1/{n} share") for _ in range(n))
         chunks = [self.cpus[i * len(self.cpus) // n:(i + 1) * len(self.cpus) // n]
                   for i in range(n)]
         out = []
         for i, chunk in enumerate(chunks):
             if not chunk:  # more workers than CPUs: share round-robin
                 chunk = (self.cpus[i % len(self.cpus)],)
-            out.append(replace(self, threads=min(share, len(chunk)) or 1, cpus=tuple(chunk),
-                               pin=True, streams=1, threads_per_stream=min(share, len(chunk)) or 1,
-                               why=f"{self.why}; worker {i + 1}/{n} on CPUs {format_cpulist(chunk)}"))
+            threads = min(share, len(chunk)) or 1
+            out.append(self._replace(threads=threads, cpus=tuple(chunk), pin=True, streams=1,
+                                     threads_per_stream=threads,
+                                     why=f"{self.why}; worker {i + 1}/{n} on CPUs "
+                                         f"{format_cpulist(chunk)}"))
         return tuple(out)
 
     def environment(self) -> dict[str, str]:
@@ -189,10 +191,10 @@ def make_plan(topology: Topology, mode: str = "throughput", *, threads: int | No
         cpus = plan.cpus
         if plan.pin and threads < len(cpus):  # pinned: one CPU per thread asked for
             cpus = cpus[:threads]
-        plan = replace(plan, threads=threads, cpus=cpus,
-                       memory_nodes=_nodes_of(topology, cpus) if plan.memory_nodes else None,
-                       threads_per_stream=max(1, threads // plan.streams),
-                       why=f"{threads} threads asked for ({plan.why})")
+        plan = plan._replace(threads=threads, cpus=cpus,
+                             memory_nodes=_nodes_of(topology, cpus) if plan.memory_nodes else None,
+                             threads_per_stream=max(1, threads // plan.streams),
+                             why=f"{threads} threads asked for ({plan.why})")
     if consumers > 1:
         plan = plan.split(consumers)[0]
     return plan

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .libraries import LoadedLibraries
@@ -31,8 +30,7 @@ PATTERNS: tuple[tuple[str, str, re.Pattern], ...] = tuple(
     ))
 
 
-@dataclass(frozen=True)
-class Runtime:
+class Runtime(NamedTuple):
     kind: str  # openmp | tbb | blas
     name: str  # libgomp | libiomp5 | libomp | libtbb | openblas | mkl | blis | flexiblas
     path: str
@@ -40,8 +38,7 @@ class Runtime:
     load_index: int
 
 
-@dataclass(frozen=True)
-class PreloadEntry:
+class PreloadEntry(NamedTuple):
     entry: str
     path: str | None  # None: a bare name, found through the linker's search path
     exists: bool | None  # None when it cannot be told (bare name)
@@ -155,8 +152,7 @@ def loaded_runtimes(pid: int | None = None,
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class ShippedRuntime:
+class ShippedRuntime(NamedTuple):
     kind: str
     name: str
     path: str

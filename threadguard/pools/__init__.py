@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import NamedTuple
 
+from ..libraries import real_path
 from ..limiters import Limiter
 
 # Load order matters where families interact (Intel and LLVM OpenMP).
@@ -28,24 +29,22 @@ _MODULES = ("openblas", "mkl", "blis", "openmp", "tbb", "openvino", "torch", "on
 MAIN, PYTHON, OTHER, UNATTRIBUTED = "main", "python", "other", "unattributed"
 
 
-@dataclass(frozen=True)
-class Pool:
+class Pool(NamedTuple):
     library: str  # openblas | mkl | blis | libgomp | libiomp5 | libomp | tbb | openvino | torch | ...
     api: str  # blas | openmp | tbb | openvino | torch-intraop | torch-interop | ...
     num_threads: int | None  # the configured size; None when it cannot be read
     path: str | None = None
     threads_observed: int | None = None  # threads attributed to it by the census
     source: str = ""  # how num_threads was read
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
     pool: str = ""  # the family's pool key (what attribution calls its threads)
     owns_threads: bool = True  # False: its threads are another pool's (torch's OpenMP)
 
     def with_observed(self, count: int | None) -> "Pool":
-        return replace(self, threads_observed=count)
+        return self._replace(threads_observed=count)
 
 
-@dataclass(frozen=True)
-class Scan:
+class Scan(NamedTuple):
     """What families look at, read once: threadpoolctl's controllers of the
     loaded libraries, in the dynamic linker's order, and that order."""
 
@@ -53,7 +52,7 @@ class Scan:
     order: dict  # real path of every loaded library -> position in the linker's list
 
     def position(self, path: str | None) -> int:
-        return self.order.get(os.path.realpath(path), 1 << 30) if path else 1 << 30
+        return self.order.get(real_path(path), 1 << 30) if path else 1 << 30
 
 
 class Family:
@@ -135,7 +134,7 @@ def scan() -> Scan:
         # break suites run with -W error.
         warnings.simplefilter("ignore", RuntimeWarning)
         controllers = threadpoolctl().ThreadpoolController().lib_controllers
-    order = {os.path.realpath(lib.path): lib.index for lib in loaded_libraries().libraries}
+    order = {real_path(lib.path): lib.index for lib in loaded_libraries().libraries}
     scanned = Scan((), order)
     controllers = sorted(controllers, key=lambda c: scanned.position(c.filepath))
     return Scan(tuple(controllers), order)
