@@ -122,6 +122,36 @@ def test_resized_pool_and_changed_environment(pytester):
     assert "LEFT_BEHIND" in rows[("TG604 environment changed", "-")][-1]
 
 
+def test_each_finding_belongs_to_the_test_that_caused_it(pytester):
+    # The listing and environment seen when one test's check ended are the
+    # next test's "before": a leak or a variable must not move to a neighbour.
+    pytester.makepyfile("""
+        import os, threading, pytest
+        def test_quiet_first():
+            pass
+        def test_leaks():
+            threading.Thread(target=threading.Event().wait, args=(30,), name="kept",
+                             daemon=True).start()
+        def test_quiet_after_leak():
+            pass
+        def test_sets():
+            os.environ["LEFT_BEHIND"] = "1"
+        def test_quiet_after_set():
+            pass
+        @pytest.mark.threadguard(max_threads=1)
+        def test_marked():
+            pass
+        def test_quiet_after_marked():
+            pass
+        def test_unsets():
+            del os.environ["LEFT_BEHIND"]
+    """)
+    result = run(pytester, "--threadguard", "--threadguard-grace", "0.1")
+    result.assert_outcomes(passed=8)
+    found = sorted((r[0].split("::")[1], r[1].split()[0]) for r in table(result))
+    assert found == [("test_leaks", "TG601"), ("test_sets", "TG604"), ("test_unsets", "TG604")]
+
+
 def test_marker_and_fixtures(pytester):
     pytester.makepyfile("""
         import threading, pytest

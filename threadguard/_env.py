@@ -96,13 +96,19 @@ def snapshot() -> dict:
 
 def changed_since(before: dict, ignore=()) -> list[str]:
     """Names whose value differs from ``before`` (added, removed or changed),
-    but those in ``ignore``; one pass, no copy."""
+    but those in ``ignore``. ``before`` is a private snapshot: the ignored
+    names are aligned in it, so an unchanged environment costs one compare."""
     now = _data if _fast else os.environ
+    for name in ignore:
+        key = encode(name)
+        if key in now:
+            before[key] = now[key]
+        else:
+            before.pop(key, None)
     if now == before:
         return []
-    skip = {encode(name) for name in ignore}
-    keys = [k for k, v in now.items() if k not in skip and before.get(k, _MISSING) != v]
-    keys += [k for k in before if k not in now and k not in skip]
+    keys = [k for k, v in now.items() if before.get(k, _MISSING) != v]
+    keys += [k for k in before if k not in now]
     return sorted(os.fsdecode(k) if isinstance(k, bytes) else k for k in keys)
 
 

@@ -109,11 +109,20 @@ class _State:
         self.budgets: dict[str, int] = {}
         self.budget_reported = False
         self.kept: set[str] = set()  # threads of process-lifetime pools, reported once
+        # The threads seen when the last test's check ended: the next test's
+        # "before" (one listing per test; nothing but pytest runs in between).
+        self.last_tids: set[str] | None = None
+        self.last_environ: dict | None = None  # the same for the environment, when unchanged
 
     # -- the budget ---------------------------------------------------------
     def start(self):
         import threadguard
-        from threadguard.guard import current_topology
+        from threadguard import _env
+        from threadguard.guard import current_limiters, current_topology
+        from threadguard.libraries import linker_generation
+        # Looked up once: each test uses them (an import statement costs ~1 us).
+        self.env, self.current_limiters = _env, current_limiters
+        self.linker_generation = linker_generation
         effective = current_topology().effective_cpus
         self.budget_threads = self.threads or max(1, effective // self.workers)
         self.source = ("--threadguard-threads" if self.threads else
@@ -121,18 +130,17 @@ class _State:
         self._enter(threadguard)
 
     def _enter(self, threadguard):
-        from threadguard.libraries import linker_generation
         if self.session_budget is not None:
             self.session_budget.__exit__(None, None, None)
         self.session_budget = threadguard.budget(self.budget_threads, allow_oversubscription=True,
                                                   env=True)
         self.session_budget.__enter__()
-        self.generation = linker_generation()
+        self.generation = self.linker_generation()
+        self.last_environ = None  # the budget may have exported its variables anew
 
     def refresh(self):
         """Re-apply when the dynamic linker loaded something (a new runtime)."""
-        from threadguard.libraries import linker_generation
-        if linker_generation() != self.generation:
+        if self.linker_generation() != self.generation:
             import threadguard
             self._enter(threadguard)
 
@@ -184,26 +192,33 @@ def _thread_ids() -> set[str]:
         return {str(t.native_id) for t in threading.enumerate() if t.native_id is not None}
 
 
-def _snapshot():
-    from threadguard import _env
-    return (_thread_ids(), _env.snapshot(), _affinity())
+def _snapshot(state: _State, tids: set[str] | None):
+    environ, state.last_environ = state.last_environ, None
+    return (_thread_ids() if tids is None else tids,
+            state.env.snapshot() if environ is None else environ, _affinity())
 
 
 def _affinity():
     try:
-        return frozenset(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except (AttributeError, OSError):
         return None
 
 
-def _leaked(before_tids: set[str], grace: float) -> set[int]:
+def _leaked(before_tids: set[str], grace: float) -> tuple[set[int], set[str]]:
     """Threads born in the test and still alive after ``grace`` seconds
-    (a thread that ended while another was born is seen by its id)."""
-    deadline = time.monotonic() + grace
+    (a thread that ended while another was born is seen by its id), and
+    the last listing."""
+    deadline = None
     while True:
-        new = _thread_ids() - before_tids
-        if not new or time.monotonic() >= deadline:
-            return {int(t) for t in new}
+        now = _thread_ids()
+        new = now - before_tids
+        if not new:
+            return set(), now
+        if deadline is None:
+            deadline = time.monotonic() + grace
+        elif time.monotonic() >= deadline:
+            return {int(t) for t in new}, now
         time.sleep(0.02)
 
 
@@ -246,12 +261,14 @@ def pytest_runtest_protocol(item, nextitem):
     if state.strict and leaks == "warn":
         leaks = "fail"
     state.refresh()  # a runtime loaded since the last test gets the budget now
+    tids, state.last_tids = state.last_tids, None
     if max_threads is None:
-        item.stash[_ITEM_KEY] = (leaks, max_threads, _snapshot())
+        item.stash[_ITEM_KEY] = (leaks, max_threads, _snapshot(state, tids))
         return (yield)
     import threadguard  # the marker's budget covers setup, call and teardown
+    state.last_environ = None  # its variables are this test's "before"
     with threadguard.budget(max_threads, allow_oversubscription=True):
-        item.stash[_ITEM_KEY] = (leaks, max_threads, _snapshot())
+        item.stash[_ITEM_KEY] = (leaks, max_threads, _snapshot(state, tids))
         return (yield)
 
 
@@ -261,14 +278,17 @@ _ITEM_KEY = pytest.StashKey[tuple]()
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    if call.when != "teardown":
+        return report
     state = item.config.stash.get(_KEY, None)
     entry = item.stash.get(_ITEM_KEY, None)
-    if state is None or entry is None or call.when != "teardown":
+    if state is None or entry is None:
         return report
+    del item.stash[_ITEM_KEY]  # kept, 1,000s of environment copies would stay alive all session
     leaks, max_threads, (tids, environ, affinity) = entry
     findings = []
     if leaks != "ignore":
-        leaked = _leaked(tids | state.kept, state.grace)
+        leaked, state.last_tids = _leaked(tids | state.kept, state.grace)
         if leaked:
             threads = _describe_threads(leaked)
             by_pool: dict[tuple, int] = {}
@@ -288,8 +308,7 @@ def pytest_runtest_makereport(item, call):
                                      "threads": count, "detail": ", ".join(names),
                                      "fail": leaks == "fail"})
     allowed = max_threads or state.budget_threads
-    from threadguard.guard import current_limiters
-    process, thread = current_limiters()  # with what the test loaded
+    process, thread = state.current_limiters()  # with what the test loaded
     for lim in process + thread:
         if not lim.driven:
             continue
@@ -301,9 +320,11 @@ def pytest_runtest_makereport(item, call):
             findings.append({"code": RESIZED, "what": "pool resized", "pool": lim.name,
                              "threads": size,
                              "detail": f"budget {allowed}", "fail": state.strict})
-    from threadguard import _env
-    changed = _env.changed_since(environ, ignore=("PYTEST_CURRENT_TEST",))
-    if changed:
+    changed = state.env.changed_since(environ, ignore=("PYTEST_CURRENT_TEST",))
+    if not changed:
+        if max_threads is None:  # a marker's budget puts its variables back after this
+            state.last_environ = environ  # still true: the next test's "before"
+    else:
         findings.append({"code": ENVIRONMENT, "what": "environment changed", "pool": "",
                          "threads": None,
                          "detail": ", ".join(changed[:8]), "fail": state.strict})
