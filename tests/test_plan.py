@@ -50,6 +50,51 @@ def test_quota_caps_the_plan(tmp_path):
     assert threadguard.plan(topo, "latency").threads == 3
 
 
+def _with_quota(tmp_path, quota: str, nodes_per_socket: int = 1):
+    """2 sockets x 16 SMT cores, ``nodes_per_socket`` NUMA nodes each (EPYC
+    NPS4: 4), under a cgroup v2 ``cpu.max`` of ``quota``."""
+    extra = {"/proc/self/cgroup": "0::/job\n", "/proc/self/mountinfo": V2_MOUNTINFO,
+             "/sys/fs/cgroup/job/cpu.max": quota + "\n"}
+    root = multi_socket(tmp_path, 2, 16, smt=2, extra=extra)
+    if nodes_per_socket > 1:
+        import shutil
+        shutil.rmtree(root / "sys/devices/system/node")
+        per = 16 // nodes_per_socket
+        count = 2 * nodes_per_socket
+        for node in range(count):
+            first = node * per
+            cpus = f"{first}-{first + per - 1},{32 + first}-{32 + first + per - 1}"
+            d = root / f"sys/devices/system/node/node{node}"
+            d.mkdir(parents=True)
+            (d / "cpulist").write_text(cpus + "\n")
+            (d / "distance").write_text(" ".join("10" if k == node else "20"
+                                                 for k in range(count)) + "\n")
+        (root / "proc/self/status").write_text(
+            f"Cpus_allowed_list:\t0-63\nMems_allowed_list:\t0-{count - 1}\n")
+    return threadguard.topology(fsroot=root)
+
+
+@pytest.mark.parametrize("nodes_per_socket", [1, 4])
+def test_a_quota_never_pins_more_cpus_than_it_rounds_up_to(tmp_path, nodes_per_socket):
+    # OpenVINO sizes itself to its affinity and ignores quotas (openvino#37838):
+    # 1.5 CPUs of a 2 x 16-core host must pin 2 CPUs, not a socket.
+    topo = _with_quota(tmp_path, "150000 100000", nodes_per_socket)
+    assert topo.effective_cpus == 2
+    for plan in (threadguard.plan(topo, "latency"), threadguard.plan(topo, pin=True)):
+        assert plan.pin and plan.threads == 2 and len(plan.cpus) == 2, plan
+        nodes = {n.id for n in topo.numa_nodes if set(plan.cpus) <= set(n.cpus)}
+        assert nodes, f"{plan.cpus} spans NUMA nodes"
+        assert plan.memory_nodes == tuple(sorted(nodes))
+        assert plan.numactl_args()[-1] == format_cpulist(plan.cpus)
+
+
+def test_a_pinned_share_larger_than_a_node_spills_over(tmp_path):
+    topo = _with_quota(tmp_path, "600000 100000", nodes_per_socket=4)  # nodes of 4 cores
+    plan = threadguard.plan(topo, "latency")
+    assert plan.threads == 6 and len(plan.cpus) == 6
+    assert len(plan.memory_nodes) == 2  # the quota does not fit one node of 4 cores
+
+
 def test_consumers_share_the_budget(two_by_28):
     assert threadguard.plan(two_by_28, consumers=4).threads == 14
     assert threadguard.plan(two_by_28, consumers=1000).threads == 1

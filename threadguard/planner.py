@@ -121,6 +121,23 @@ def _first_siblings(cores) -> tuple[int, ...]:
     return tuple(sorted(core.cpus[0] for core in cores))
 
 
+def _pinned_cpus(topology: Topology, cores, count: int) -> tuple[int, ...]:
+    """``count`` CPUs to pin to, one per core (SMT siblings left out), inside
+    one NUMA node where they fit: the node with most of ``cores``, lowest id
+    on ties. A quota of 1.5 CPUs pins 2, not the socket: OpenVINO sizes itself
+    to its affinity and ignores quotas (openvino#37838)."""
+    firsts = _first_siblings(cores)
+    if count >= len(firsts):
+        return firsts
+    best: tuple[int, ...] = ()
+    for node in topology.numa_nodes:
+        members = set(node.cpus)
+        inside = tuple(c for c in firsts if c in members)
+        if len(inside) > len(best):
+            best = inside
+    return best[:count] if len(best) >= count else firsts[:count]
+
+
 def _nodes_of(topology: Topology, cpus) -> tuple[int, ...]:
     cpus = set(cpus)
     allowed = set(topology.allowed_numa_nodes) if topology.allowed_numa_nodes is not None else None
@@ -162,9 +179,9 @@ def make_plan(topology: Topology, mode: str = "throughput", *, threads: int | No
                 return (sum(c.kind == "performance" for c in pcores), len(pcores), -pkg)
             socket = max(packages, key=score)
         chosen, core_type = _prefer_performance(tuple(c for c in cores if c.package == socket))
-        cpus = _first_siblings(chosen)
-        budget = min(len(cpus), cap)
+        budget = min(len(chosen), cap)
         do_pin = multi if pin is None else pin
+        cpus = _pinned_cpus(topology, chosen, budget) if do_pin else _first_siblings(chosen)
         memory = _nodes_of(topology, cpus) if do_pin else None
         why = (f"latency: {len(chosen)} physical {core_type + ' ' if core_type else ''}cores "
                f"of socket {socket}" + (f", capped by {topology.effective_source}"
@@ -178,7 +195,7 @@ def make_plan(topology: Topology, mode: str = "throughput", *, threads: int | No
         cpus = topology.allowed_cpus
         do_pin = bool(pin)
         if do_pin:
-            cpus = _first_siblings(cores)[:budget]
+            cpus = _pinned_cpus(topology, cores, budget)
         memory = _nodes_of(topology, cpus) if do_pin and multi else None
         streams = max(1, min(len(nodes_in_use) or 1, budget))
         why = (f"throughput: {physical} physical cores" + (" (SMT siblings left out)" if smt else "")
@@ -190,7 +207,7 @@ def make_plan(topology: Topology, mode: str = "throughput", *, threads: int | No
     if threads is not None:
         cpus = plan.cpus
         if plan.pin and threads < len(cpus):  # pinned: one CPU per thread asked for
-            cpus = cpus[:threads]
+            cpus = _pinned_cpus(topology, [c for c in cores if c.cpus[0] in cpus], threads)
         plan = plan._replace(threads=threads, cpus=cpus,
                              memory_nodes=_nodes_of(topology, cpus) if plan.memory_nodes else None,
                              threads_per_stream=max(1, threads // plan.streams),
