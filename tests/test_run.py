@@ -81,7 +81,7 @@ def test_intel_openmp_preloaded_only_when_gnu_openmp_is_shipped_too():
 def test_this_environment_preloads_its_real_intel_runtime():
     from procs import intel_libiomp5, sklearn_libgomp
     intel, _ = intel_libiomp5(), sklearn_libgomp()
-    plan, env = prepare(["true"], environ={"LD_PRELOAD": "/opt/other.so"})
+    plan, env, _ = prepare(["true"], environ={"LD_PRELOAD": "/opt/other.so"})
     assert os.path.realpath(env["LD_PRELOAD"].split(":")[0]) == os.path.realpath(intel)
     assert env["LD_PRELOAD"].endswith("/opt/other.so")
     line = shell_line(["true"], plan, env, base={})

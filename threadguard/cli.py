@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no warning when --threads exceeds the effective CPUs")
     run.add_argument("--dry-run", action="store_true",
                      help="print the equivalent shell line (env + numactl) instead")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="say on stderr what OpenVINO in the command was given")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
 
     bench = sub.add_parser(
@@ -176,7 +178,7 @@ def _cmd_run(args) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     return launch(cmd, threads=args.threads, mode=args.mode, socket=args.socket,
-                  pin=args.pin or None, dry_run=args.dry_run,
+                  pin=args.pin or None, dry_run=args.dry_run, verbose=args.verbose,
                   allow_oversubscription=args.allow_oversubscription)
 
 

@@ -2,14 +2,24 @@
 
 The plan's variables go into the command's environment; affinity and the
 memory policy are set on this process just before ``exec``, which keeps
-both (as numactl does). When the environment ships Intel and GNU OpenMP,
-Intel's runtime is preloaded so that it is initialised first and serves the
-GOMP_* symbols too (the OpenVINO deployment guide's rule).
+both (as numactl does). OpenVINO reads none of the variables, so:
+
+- Python children get a start-up hook (``threadguard/_startup``, first on
+  ``PYTHONPATH``) that adds the plan's CPU properties to every
+  ``Core.compile_model`` for the CPU device; the program's own values win;
+- ``benchmark_app`` gets its own flags, ``-hint none -nthreads -nstreams
+  -pin``, which it prints back, unless the user gave any of them;
+- other programs follow their affinity (OpenVINO sizes itself to it).
+
+When the environment ships Intel and GNU OpenMP, Intel's runtime is
+preloaded so that it is initialised first and serves the GOMP_* symbols too
+(the OpenVINO deployment guide's rule).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -19,14 +29,40 @@ import tempfile
 
 from . import numa
 from ._command import exec_replacing, resolve
+from ._fs import format_cpulist
 from .machine import read_topology
 from .planner import make_plan
 from .runtime_libs import intel_openmp_preload, ld_so_can_carry, parse_ld_preload
 
 
+STARTUP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_startup")
+# benchmark_app's flags for what threadguard sets; any of them given: none added.
+_BENCHMARK_APP_FLAGS = ("-hint", "--perf_hint", "-nthreads", "--number_threads", "-nstreams",
+                        "--number_streams", "-pin", "--infer_threads_pinning")
+
+
+def openvino_values(plan, mode: str) -> dict:
+    """The CPU properties a child's OpenVINO gets: the plan's share, pinned
+    when ``run`` pins (its CPUs are then its own)."""
+    from .openvino import property_values
+    return property_values(plan, plan.threads, plan.pin, mode)
+
+
+def benchmark_app_flags(cmd: list[str], values: dict) -> list[str]:
+    """The flags that make benchmark_app run as planned; none when the user
+    gave any of them (2026.4 rejects -nthreads beside a hint other than none)."""
+    if os.path.basename(cmd[0]) != "benchmark_app":
+        return []
+    if any(arg.split("=")[0] in _BENCHMARK_APP_FLAGS for arg in cmd[1:]):
+        return []
+    return ["-hint", "none", "-nthreads", str(values["INFERENCE_NUM_THREADS"]),
+            "-nstreams", str(values["NUM_STREAMS"]),
+            "-pin", "YES" if values["ENABLE_CPU_PINNING"] else "NO"]
+
+
 def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin=None,
-            allow_oversubscription=False, environ=None, warn=None):
-    """``(plan, env)`` for ``cmd``: pure but for reading the machine."""
+            allow_oversubscription=False, environ=None, warn=None, verbose=False):
+    """``(plan, env, cmd)`` for ``cmd``: pure but for reading the machine."""
     topo = read_topology()
     plan = make_plan(topo, mode, threads=threads, socket=socket, pin=pin)
     if threads is not None and threads > topo.effective_cpus and not allow_oversubscription and warn:
@@ -34,6 +70,14 @@ def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin
              f"({topo.effective_source}): oversubscribed")
     env = dict(os.environ if environ is None else environ)
     env.update(plan.environment())
+    values = openvino_values(plan, mode)
+    env["THREADGUARD_OPENVINO"] = json.dumps(values, separators=(",", ":"))
+    path = env.get("PYTHONPATH", "")
+    if STARTUP_DIR not in path.split(os.pathsep):
+        env["PYTHONPATH"] = STARTUP_DIR + (os.pathsep + path if path else "")
+    if verbose:
+        env["THREADGUARD_VERBOSE"] = "1"
+    cmd = [*cmd, *benchmark_app_flags(cmd, values)]
     preload = intel_openmp_preload()
     existing = env.get("LD_PRELOAD", "")
     if preload and not any(e.path and os.path.realpath(e.path) == os.path.realpath(preload)
@@ -45,7 +89,7 @@ def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin
                      "space or colon, and no private link could be made for it")
         else:
             env["LD_PRELOAD"] = carried + (f":{existing}" if existing else "")
-    return plan, env
+    return plan, env, cmd
 
 
 def carriable(path: str) -> str | None:
@@ -82,6 +126,18 @@ def carriable(path: str) -> str | None:
     return link
 
 
+def _is_python(program: str) -> bool:
+    """A Python interpreter, or a script whose #! line runs one."""
+    if os.path.basename(program).startswith("python"):
+        return True
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
 def shell_line(cmd, plan, env, base=None) -> str:
     """The equivalent ``VAR=... numactl ... CMD`` line."""
     base = os.environ if base is None else base
@@ -95,11 +151,16 @@ def launch(cmd: list[str], *, dry_run: bool = False, **options) -> int:
     def warn(message):
         print(f"threadguard: warning: {message}", file=sys.stderr)
 
-    plan, env = prepare(cmd, warn=warn, **options)
+    plan, env, cmd = prepare(cmd, warn=warn, **options)
     if dry_run:
         print(shell_line(cmd, plan, env))
         return 0
-    resolve(cmd, env)  # before pinning anything: a command that cannot start is 127
+    program = resolve(cmd, env)  # before pinning anything: a command that cannot start is 127
+    if options.get("verbose") and not _is_python(program):
+        where = (f"pinned to {format_cpulist(plan.cpus)}" if plan.pin
+                 else "every allowed CPU; --pin chooses them")
+        print(f"threadguard: {cmd[0]} is not a Python program: OpenVINO in it sizes its "
+              f"threads to its affinity ({where})", file=sys.stderr)
     if os.environ.get("THREADGUARD_FSROOT", "/") not in ("", "/") and (plan.pin or plan.memory_nodes):
         warn("machine facts come from THREADGUARD_FSROOT, not this machine: nothing pinned")
     elif plan.pin:

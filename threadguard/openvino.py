@@ -102,26 +102,37 @@ def properties(budget=None, *, mode: str = "latency", device: str = "CPU",
     if device.split(":")[0] != "CPU":
         raise ValueError(f"thread budgets apply to the CPU device, got {device!r}")
     plan, share, exclusive = _plan_for(budget, mode, topology)
+    values = property_values(plan, share, exclusive, mode)
+    return {
+        props.inference_num_threads(): values["INFERENCE_NUM_THREADS"],
+        streams.num(): values["NUM_STREAMS"],
+        hints.performance_mode(): getattr(hints.PerformanceMode, values["PERFORMANCE_HINT"]),
+        hints.enable_cpu_pinning(): values["ENABLE_CPU_PINNING"],
+        hints.enable_hyper_threading(): values["ENABLE_HYPER_THREADING"],
+        hints.scheduling_core_type(): getattr(hints.SchedulingCoreType,
+                                              values["SCHEDULING_CORE_TYPE"]),
+    }
+
+
+def property_values(plan: Plan, share: int, exclusive: bool, mode: str) -> dict:
+    """``properties()`` as OpenVINO's plain names and values, computed
+    without OpenVINO: what ``threadguard run`` hands its children."""
     if mode == "latency":
-        n_streams, threads = 1, min(share, plan.threads)
-        hint = hints.PerformanceMode.LATENCY
+        n_streams, threads, hint = 1, min(share, plan.threads), "LATENCY"
     else:
         # At least a stream per NUMA node; one thread per stream on small
         # budgets, four on large ones (OpenVINO's own throughput shapes).
         per_stream = 1 if share < 8 else 4
         n_streams = max(1, min(share, max(plan.streams, share // per_stream)))
         per_stream = max(1, share // n_streams)
-        threads = n_streams * per_stream  # never more than the share
-        hint = hints.PerformanceMode.THROUGHPUT
-    core_type = (hints.SchedulingCoreType.PCORE_ONLY if plan.core_type == "performance"
-                 else hints.SchedulingCoreType.ANY_CORE)
+        threads, hint = n_streams * per_stream, "THROUGHPUT"  # never more than the share
     return {
-        props.inference_num_threads(): threads,
-        streams.num(): n_streams,
-        hints.performance_mode(): hint,
-        hints.enable_cpu_pinning(): bool(exclusive),
-        hints.enable_hyper_threading(): bool(plan.hyper_threading),
-        hints.scheduling_core_type(): core_type,
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": n_streams,
+        "PERFORMANCE_HINT": hint,
+        "ENABLE_CPU_PINNING": bool(exclusive),
+        "ENABLE_HYPER_THREADING": bool(plan.hyper_threading),
+        "SCHEDULING_CORE_TYPE": "PCORE_ONLY" if plan.core_type == "performance" else "ANY_CORE",
     }
 
 

@@ -1,0 +1,1 @@
+"""Start-up hooks that ``threadguard run`` puts on its children's PYTHONPATH."""

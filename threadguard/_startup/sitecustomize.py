@@ -1,0 +1,150 @@
+"""threadguard run's start-up hook for Python children: OpenVINO gets the plan.
+
+``threadguard run`` puts this directory first on ``PYTHONPATH`` and the
+plan's CPU properties in ``THREADGUARD_OPENVINO`` (JSON). When the program
+imports openvino, ``Core.compile_model`` for the CPU device adds them to
+what the program asked for; the program's own values win, whether given to
+``compile_model`` or set before with ``Core.set_property``. A program that
+sets ``PERFORMANCE_HINT`` itself keeps the streams its hint chooses; only
+the thread count is added. ``THREADGUARD_VERBOSE=1``: say what was done, on
+stderr.
+
+Self-contained on purpose: it runs in programs that may not have
+threadguard installed, and it imports nothing until openvino is imported.
+The ``sitecustomize`` this one shadows (if any) is run after it.
+"""
+
+import os
+import sys
+
+_DIR = os.path.dirname(os.path.abspath(__file__))
+_OURS = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "ENABLE_CPU_PINNING",
+         "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE")
+_STREAMS_FROM_HINT = ("NUM_STREAMS", "PERFORMANCE_HINT")
+
+
+def _say(message):
+    if os.environ.get("THREADGUARD_VERBOSE") == "1":
+        sys.stderr.write(f"threadguard: {message}\n")
+
+
+def _plan():
+    import json
+    try:
+        values = json.loads(os.environ.get("THREADGUARD_OPENVINO", ""))
+    except ValueError:
+        return None
+    if not isinstance(values, dict):
+        return None
+    return {k: v for k, v in values.items() if k in _OURS}
+
+
+def _is_cpu(device):
+    return device is not None and str(device).split(":")[0].split(".")[0].upper() == "CPU"
+
+
+def _names(config):
+    return {str(k) for k in config} if isinstance(config, dict) else set()
+
+
+def _patch(openvino, plan):
+    core_class = getattr(openvino, "Core", None)
+    if core_class is None or getattr(core_class, "_threadguard_patched", False):
+        return
+    set_property = core_class.set_property
+    compile_model = core_class.compile_model
+    programs = {}  # id(core) -> names the program set for the CPU device
+
+    def patched_set_property(self, *args, **kwargs):
+        if len(args) == 2 and _is_cpu(args[0]):
+            programs.setdefault(id(self), set()).update(_names(args[1]))
+        elif len(args) == 1:  # every device
+            programs.setdefault(id(self), set()).update(_names(args[0]))
+        return set_property(self, *args, **kwargs)
+
+    def patched_compile_model(self, model, device_name=None, config=None, *args, **kwargs):
+        if _is_cpu(device_name):
+            own = programs.get(id(self), set()) | _names(config)
+            skip = set(own)
+            if "PERFORMANCE_HINT" in own:
+                skip.update(_STREAMS_FROM_HINT)  # its hint chooses the streams
+            added = {k: v for k, v in plan.items() if k not in skip}
+            if added:
+                config = dict(config or {}, **added)
+                _say("OpenVINO CPU properties added: "
+                     + ", ".join(f"{k}={v}" for k, v in added.items())
+                     + (f" (the program's own: {', '.join(sorted(own & set(_OURS)))})"
+                        if own & set(_OURS) else ""))
+            else:
+                _say("OpenVINO CPU properties: the program set them all itself")
+        return compile_model(self, model, device_name, config, *args, **kwargs)
+
+    core_class.set_property = patched_set_property
+    core_class.compile_model = patched_compile_model
+    core_class._threadguard_patched = True
+
+
+class _AfterImport:
+    """Patches openvino once it is imported (a finder that only watches)."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.busy = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "openvino" or self.busy:
+            return None
+        import importlib.util
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        loader, plan = spec.loader, self.plan
+
+        class Loader:
+            def create_module(self, spec):
+                return loader.create_module(spec)
+
+            def exec_module(self, module):
+                loader.exec_module(module)
+                try:
+                    _patch(module, plan)
+                except Exception as err:  # never break the program
+                    _say(f"OpenVINO not patched: {err!r}")
+
+        spec.loader = Loader()
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+        return spec
+
+
+def _install():
+    plan = _plan()
+    if not plan:
+        return
+    if "openvino" in sys.modules:
+        _patch(sys.modules["openvino"], plan)
+    else:
+        sys.meta_path.insert(0, _AfterImport(plan))
+
+
+def _chain():
+    """Run the sitecustomize this one shadows, as Python would have."""
+    import importlib.machinery
+    import importlib.util
+    rest = [p for p in sys.path if os.path.abspath(p or ".") != _DIR]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitecustomize"] = module
+    spec.loader.exec_module(module)
+
+
+try:
+    _install()
+except Exception as _err:  # never break the program
+    _say(f"start-up hook failed: {_err!r}")
+_chain()
