@@ -98,3 +98,71 @@ def test_latency_dry_run_on_a_two_socket_machine(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "numactl -m 0 --physcpubind 0-27 benchmark_app -m model.xml" in out.stdout
     assert "OMP_NUM_THREADS=28" in out.stdout
+
+
+@pytest.mark.parametrize("sockets,nodes_per_socket", [(2, 1), (1, 4)])
+def test_instances_auto_is_one_copy_per_numa_node_in_a_dry_run(tmp_path, sockets,
+                                                                nodes_per_socket):
+    from machine_tree import multi_socket
+    nodes = sockets * nodes_per_socket
+    root = multi_socket(tmp_path, nodes, 8 // nodes)  # a node per "socket", 8 CPUs in all
+    if nodes_per_socket > 1:  # one package: EPYC's NPS4 shape
+        for cpu in range(8):
+            (root / f"sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id").write_text("0\n")
+    out = subprocess.run([sys.executable, "-m", "threadguard", "run", "--dry-run", "--instances",
+                          "auto", "--", "benchmark_app", "-m", "model.xml"],
+                         capture_output=True, text=True,
+                         env=clean_env(THREADGUARD_FSROOT=str(root)))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == nodes
+    per_node = 8 // nodes
+    for node, line in enumerate(lines):
+        first = node * per_node
+        cpus = f"{first}-{first + per_node - 1}" if per_node > 1 else f"{first}"
+        assert f"numactl -m {node} --physcpubind {cpus} benchmark_app" in line, line
+        assert f"OMP_NUM_THREADS={per_node} " in line
+        assert f"-nthreads {per_node} " in line and "-pin YES" in line
+
+
+def test_instances_are_placed_prefixed_and_give_the_worst_status():
+    probe = ("import os, sys; cpus = sorted(os.sched_getaffinity(0)); print('cpus', cpus); "
+             "print('to stderr', file=sys.stderr); sys.exit(5 if cpus == [1] else 0)")
+    out = run("--instances", "2", "--", sys.executable, "-c", probe)
+    assert out.returncode == 5, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["[0] cpus [0]", "[1] cpus [1]"]
+    assert sorted(out.stderr.splitlines()) == ["[0] to stderr", "[1] to stderr"]
+
+
+def test_sigterm_stops_every_instance(tmp_path):
+    marker = tmp_path / "pids"
+    probe = (f"import os, time; open({str(marker)!r}, 'a').write(f'{{os.getpid()}}\\n'); "
+             "time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-m", "threadguard", "run", "--instances", "2", "--",
+                             sys.executable, "-c", probe], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    import time
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not marker.exists()
+                                           or len(marker.read_text().split()) < 2):
+        time.sleep(0.1)
+    pids = [int(p) for p in marker.read_text().split()]
+    assert len(pids) == 2
+    proc.terminate()
+    proc.wait(60)
+    assert proc.returncode != 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_one_throughput_instance_gets_a_stream_per_numa_node(tmp_path):
+    from machine_tree import multi_socket
+    root = multi_socket(tmp_path, 4, 2)  # 4 nodes of 2 cores
+    out = subprocess.run([sys.executable, "-m", "threadguard", "run", "--dry-run", "--",
+                          "benchmark_app", "-m", "model.xml"], capture_output=True, text=True,
+                         env=clean_env(THREADGUARD_FSROOT=str(root)))
+    assert out.returncode == 0, out.stderr
+    values = json.loads(out.stdout.split("THREADGUARD_OPENVINO='")[1].split("'")[0])
+    assert values["NUM_STREAMS"] >= 4 and values["INFERENCE_NUM_THREADS"] <= 8
+    assert f"-nstreams {values['NUM_STREAMS']} " in out.stdout

@@ -44,6 +44,11 @@ _count = _bounded(int, 1, None, "must be a whole number of at least 1")
 _seconds = _bounded(float, 0, 3600, "seconds must be above 0 and at most 3600", low_open=True)
 
 
+def _instances(text: str) -> int | None:
+    """A number of copies, or None for ``auto`` (one per NUMA node)."""
+    return None if text == "auto" else _count(text)
+
+
 def _socket_number(text: str) -> int:
     try:
         return int(text)
@@ -118,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no warning when --threads exceeds the effective CPUs")
     run.add_argument("--dry-run", action="store_true",
                      help="print the equivalent shell line (env + numactl) instead")
+    run.add_argument("--instances", type=_instances, default=0, metavar="N|auto",
+                     help="start N copies, one per NUMA node (auto: one per node), each bound "
+                          "to its node's CPUs and memory with its share of threads")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="say on stderr what OpenVINO in the command was given")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
@@ -179,6 +187,7 @@ def _cmd_run(args) -> int:
         return EXIT_USAGE
     return launch(cmd, threads=args.threads, mode=args.mode, socket=args.socket,
                   pin=args.pin or None, dry_run=args.dry_run, verbose=args.verbose,
+                  instances=args.instances,
                   allow_oversubscription=args.allow_oversubscription)
 
 

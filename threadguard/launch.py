@@ -61,13 +61,16 @@ def benchmark_app_flags(cmd: list[str], values: dict) -> list[str]:
 
 
 def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin=None,
-            allow_oversubscription=False, environ=None, warn=None, verbose=False):
-    """``(plan, env, cmd)`` for ``cmd``: pure but for reading the machine."""
-    topo = read_topology()
-    plan = make_plan(topo, mode, threads=threads, socket=socket, pin=pin)
-    if threads is not None and threads > topo.effective_cpus and not allow_oversubscription and warn:
-        warn(f"{threads} threads for {topo.effective_cpus} effective CPUs "
-             f"({topo.effective_source}): oversubscribed")
+            allow_oversubscription=False, environ=None, warn=None, verbose=False, plan=None):
+    """``(plan, env, cmd)`` for ``cmd``: pure but for reading the machine.
+    ``plan``: one already made (an instance's)."""
+    if plan is None:
+        topo = read_topology()
+        plan = make_plan(topo, mode, threads=threads, socket=socket, pin=pin)
+        if (threads is not None and threads > topo.effective_cpus and not allow_oversubscription
+                and warn):
+            warn(f"{threads} threads for {topo.effective_cpus} effective CPUs "
+                 f"({topo.effective_source}): oversubscribed")
     env = dict(os.environ if environ is None else environ)
     env.update(plan.environment())
     values = openvino_values(plan, mode)
@@ -147,10 +150,14 @@ def shell_line(cmd, plan, env, base=None) -> str:
     return " ".join(parts)
 
 
-def launch(cmd: list[str], *, dry_run: bool = False, **options) -> int:
-    def warn(message):
-        print(f"threadguard: warning: {message}", file=sys.stderr)
+def _warn(message):
+    print(f"threadguard: warning: {message}", file=sys.stderr)
 
+
+def launch(cmd: list[str], *, dry_run: bool = False, instances=0, **options) -> int:
+    if instances != 0:  # None: one per NUMA node
+        return launch_instances(cmd, instances, dry_run=dry_run, **options)
+    warn = _warn
     plan, env, cmd = prepare(cmd, warn=warn, **options)
     if dry_run:
         print(shell_line(cmd, plan, env))
@@ -171,3 +178,64 @@ def launch(cmd: list[str], *, dry_run: bool = False, **options) -> int:
     sys.stderr.flush()
     exec_replacing(cmd, env)  # raises CommandNotStarted (exit 127) when it cannot
     return 0  # not reached
+
+
+def _pinned_here() -> bool:
+    return os.environ.get("THREADGUARD_FSROOT", "/") in ("", "/")
+
+
+def launch_instances(cmd: list[str], instances: int | None, *, dry_run: bool = False,
+                     threads=None, mode="throughput", verbose=False, **_ignored) -> int:
+    """Copies of ``cmd``, one per NUMA node (or ``instances`` of them), each
+    bound to its node's CPUs and memory with its share of threads. Output
+    lines carry the copy's number; Ctrl-C or SIGTERM stops them all; the
+    status is the worst one (a signal counts as 128 + N)."""
+    import subprocess
+    import threading
+
+    from ._command import start, stop, shell_status
+    from .planner import instance_plans
+
+    plans = instance_plans(read_topology(), instances, mode, threads=threads)
+    runs = [(plan, *prepare(cmd, plan=plan, mode=mode, verbose=verbose)[1:]) for plan in plans]
+    if dry_run:  # one line per copy
+        for plan, env, command in runs:
+            print(shell_line(command, plan, env))
+        return 0
+    pin = _pinned_here()
+    if not pin:
+        _warn("machine facts come from THREADGUARD_FSROOT, not this machine: nothing pinned")
+    lock = threading.Lock()
+
+    def relay(stream, out, prefix: bytes):
+        for line in iter(stream.readline, b""):
+            with lock:
+                out.write(prefix + (line if line.endswith(b"\n") else line + b"\n"))
+                out.flush()
+        stream.close()
+
+    procs, relays = [], []
+    try:
+        for i, (plan, env, command) in enumerate(runs):
+            def place(plan=plan):  # in the child, before exec: as numactl does
+                os.sched_setaffinity(0, plan.cpus)
+                if plan.memory_nodes:
+                    numa.set_mempolicy(numa.MPOL_BIND, plan.memory_nodes)
+            proc = start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=place if pin else None)
+            procs.append(proc)
+            prefix = f"[{i}] ".encode()
+            for stream, out in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
+                t = threading.Thread(target=relay, args=(stream, out, prefix), daemon=True)
+                t.start()
+                relays.append(t)
+        for proc in procs:
+            proc.wait()
+    except BaseException:  # Ctrl-C, SIGTERM, or a copy that could not start
+        for proc in procs:
+            stop(proc)
+        raise
+    finally:
+        for t in relays:
+            t.join(5)
+    return max(shell_status(p.returncode) for p in procs)

@@ -215,3 +215,40 @@ def make_plan(topology: Topology, mode: str = "throughput", *, threads: int | No
     if consumers > 1:
         plan = plan.split(consumers)[0]
     return plan
+
+
+def instance_plans(topology: Topology, instances: int | None, mode: str = "throughput", *,
+                   threads: int | None = None) -> tuple[Plan, ...]:
+    """One plan per copy of a program, as torch's ``run_cpu --ninstances``:
+    each bound to one NUMA node's CPUs and memory (``instances=None``: one
+    per node with allowed CPUs). Copies that share a node get disjoint
+    cores of it. The effective CPUs (a quota) are shared out among all
+    copies, and no copy is pinned to more CPUs than its share."""
+    check_mode(mode)
+    cores = topology.allowed_cores()
+    nodes = [n for n in topology.numa_nodes
+             if any(c.cpus[0] in n.cpus for c in cores)] or list(topology.numa_nodes[:1])
+    count = len(nodes) if instances is None else check_count(instances, "instances")
+    share = threads or max(1, topology.effective_cpus // count)
+    on_node: dict[int, list[int]] = {}
+    for i in range(count):
+        on_node.setdefault(nodes[i % len(nodes)].id, []).append(i)
+    out: list[Plan | None] = [None] * count
+    for node in nodes:
+        members = on_node.get(node.id, [])
+        node_cores = [c for c in cores if c.cpus[0] in node.cpus] or list(cores)
+        for k, i in enumerate(members):
+            chunk = node_cores[k * len(node_cores) // len(members):
+                               (k + 1) * len(node_cores) // len(members)]
+            chunk = chunk or [node_cores[k % len(node_cores)]]  # more copies than cores
+            cpus = _first_siblings(chunk)
+            n_threads = share if threads else min(share, len(cpus))
+            cpus = cpus[:n_threads] if n_threads < len(cpus) else cpus
+            out[i] = Plan(mode=mode, threads=n_threads, cpus=cpus, memory_nodes=(node.id,),
+                          pin=True, streams=1, threads_per_stream=n_threads,
+                          hyper_threading=False, core_type=None, package=chunk[0].package,
+                          why=f"instance {i + 1} of {count}: NUMA node {node.id}, "
+                              f"{len(chunk)} cores" + (f", {share} CPUs' share of "
+                                                       f"{topology.effective_source}"
+                                                       if n_threads < len(chunk) else ""))
+    return tuple(out)
