@@ -78,14 +78,33 @@ def test_intel_openmp_preloaded_only_when_gnu_openmp_is_shipped_too():
     assert intel_openmp_preload([gnu]) is None and intel_openmp_preload([intel]) is None
 
 
-def test_this_environment_preloads_its_real_intel_runtime():
+def test_intel_openmp_is_preloaded_only_into_a_command_that_loads_both(tmp_path):
     from procs import intel_libiomp5, sklearn_libgomp
     intel, _ = intel_libiomp5(), sklearn_libgomp()
-    plan, env, _ = prepare(["true"], environ={"LD_PRELOAD": "/opt/other.so"})
+    both = tmp_path / "both.py"
+    both.write_text(f"import ctypes\nimport sklearn.cluster\nctypes.CDLL({intel!r})\n")
+    plan, env, _ = prepare([sys.executable, str(both)], environ={"LD_PRELOAD": "/opt/other.so",
+                                                                "PATH": os.environ["PATH"]})
     assert os.path.realpath(env["LD_PRELOAD"].split(":")[0]) == os.path.realpath(intel)
     assert env["LD_PRELOAD"].endswith("/opt/other.so")
-    line = shell_line(["true"], plan, env, base={})
-    assert "LD_PRELOAD=" in line
+    assert "LD_PRELOAD=" in shell_line(["true"], plan, env, base={})
+    # One runtime, none, TBB alone (benchmark_app), or a program that is not Python: none.
+    for cmd in ([sys.executable, "-c", "import sklearn.cluster"], ["true"],
+                [sys.executable, "-c", "import numpy"], ["benchmark_app", "-m", "m.xml"]):
+        _, env, _ = prepare(cmd, environ={"PATH": os.environ["PATH"]})
+        assert "LD_PRELOAD" not in env, cmd
+
+
+def test_run_says_why_it_preloads(tmp_path):
+    from procs import intel_libiomp5
+    script = tmp_path / "both.py"
+    script.write_text("import ctypes, sklearn.cluster\n"
+                      f"ctypes.CDLL({intel_libiomp5()!r})\n"
+                      "import os; print(os.environ.get('LD_PRELOAD', ''))\n")
+    out = run("--", sys.executable, str(script))
+    assert out.returncode == 0, out.stderr
+    assert "libiomp5" in out.stdout
+    assert "Intel OpenMP preloaded" in out.stderr and "sklearn" in out.stderr, out.stderr
 
 
 def test_latency_dry_run_on_a_two_socket_machine(tmp_path):

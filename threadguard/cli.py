@@ -113,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="start a command with a thread budget, CPU and memory placement",
         description="Start CMD with the plan applied: thread variables, CPU affinity, memory "
-                    "binding, and Intel OpenMP preloaded when Intel and GNU OpenMP are both "
-                    "shipped. The exit status is CMD's.")
+                    "binding; OpenVINO's CPU properties for Python children (a start-up hook) "
+                    "and benchmark_app (its own flags); Intel OpenMP preloaded when CMD will "
+                    "load Intel and GNU OpenMP both. The exit status is CMD's (the worst one "
+                    "with --instances).")
     run.add_argument("--threads", type=_count, help="thread budget (default: planned)")
     run.add_argument("--mode", choices=("throughput", "latency"), default="throughput")
     run.add_argument("--socket", type=_socket_number, help="run on this socket (latency plan)")

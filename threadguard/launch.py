@@ -11,9 +11,10 @@ both (as numactl does). OpenVINO reads none of the variables, so:
   -pin``, which it prints back, unless the user gave any of them;
 - other programs follow their affinity (OpenVINO sizes itself to it).
 
-When the environment ships Intel and GNU OpenMP, Intel's runtime is
-preloaded so that it is initialised first and serves the GOMP_* symbols too
-(the OpenVINO deployment guide's rule).
+When the command will load Intel and GNU OpenMP both (``command_openmp``
+reads a Python command's imports), Intel's runtime is preloaded so that it
+is initialised first and serves the GOMP_* symbols too (the OpenVINO
+deployment guide's rule); into anything else, nothing.
 """
 
 from __future__ import annotations
@@ -60,8 +61,33 @@ def benchmark_app_flags(cmd: list[str], values: dict) -> list[str]:
             "-pin", "YES" if values["ENABLE_CPU_PINNING"] else "NO"]
 
 
+def intel_openmp_needed(cmd: list[str], env: dict) -> tuple[str | None, str]:
+    """The libiomp5 to preload and why, when ``cmd`` will load Intel and
+    GNU OpenMP both (``command_openmp``); ``(None, "")`` otherwise."""
+    from ._errors import CommandNotStarted
+    from .command_openmp import python_source, runtimes_loaded
+    from .runtime_libs import shipped_runtimes
+
+    shipped = shipped_runtimes()
+    path = intel_openmp_preload(shipped)
+    if path is None or not cmd:
+        return None, ""
+    try:
+        program = resolve(cmd, env)
+    except CommandNotStarted:
+        return None, ""
+    source = python_source(cmd, program)
+    if source is None:
+        return None, ""
+    loads = runtimes_loaded(source[1], shipped)
+    if "libgomp" in loads and "libiomp5" in loads:
+        return path, f"{source[0]} {loads['libgomp']} and {loads['libiomp5']}"
+    return None, ""
+
+
 def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin=None,
-            allow_oversubscription=False, environ=None, warn=None, verbose=False, plan=None):
+            allow_oversubscription=False, environ=None, warn=None, verbose=False, plan=None,
+            note=None):
     """``(plan, env, cmd)`` for ``cmd``: pure but for reading the machine.
     ``plan``: one already made (an instance's)."""
     if plan is None:
@@ -81,7 +107,9 @@ def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin
     if verbose:
         env["THREADGUARD_VERBOSE"] = "1"
     cmd = [*cmd, *benchmark_app_flags(cmd, values)]
-    preload = intel_openmp_preload()
+    preload, why = intel_openmp_needed(cmd, env)
+    if preload and note:
+        note(f"Intel OpenMP preloaded: {why}; Intel's runtime must start first")
     existing = env.get("LD_PRELOAD", "")
     if preload and not any(e.path and os.path.realpath(e.path) == os.path.realpath(preload)
                            for e in parse_ld_preload(existing)):
@@ -154,11 +182,15 @@ def _warn(message):
     print(f"threadguard: warning: {message}", file=sys.stderr)
 
 
+def _note(message):
+    print(f"threadguard: {message}", file=sys.stderr)
+
+
 def launch(cmd: list[str], *, dry_run: bool = False, instances=0, **options) -> int:
     if instances != 0:  # None: one per NUMA node
         return launch_instances(cmd, instances, dry_run=dry_run, **options)
     warn = _warn
-    plan, env, cmd = prepare(cmd, warn=warn, **options)
+    plan, env, cmd = prepare(cmd, warn=warn, note=_note, **options)
     if dry_run:
         print(shell_line(cmd, plan, env))
         return 0
@@ -197,7 +229,9 @@ def launch_instances(cmd: list[str], instances: int | None, *, dry_run: bool = F
     from .planner import instance_plans
 
     plans = instance_plans(read_topology(), instances, mode, threads=threads)
-    runs = [(plan, *prepare(cmd, plan=plan, mode=mode, verbose=verbose)[1:]) for plan in plans]
+    runs = [(plan, *prepare(cmd, plan=plan, mode=mode, verbose=verbose,
+                            note=_note if i == 0 else None)[1:])
+            for i, plan in enumerate(plans)]
     if dry_run:  # one line per copy
         for plan, env, command in runs:
             print(shell_line(command, plan, env))

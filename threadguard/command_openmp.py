@@ -1,0 +1,133 @@
+"""Which OpenMP runtimes a command will load, read from it before it runs.
+
+``threadguard run`` preloads Intel OpenMP only when the command will load
+both Intel's and GNU's (Intel's must then start first, and it serves the
+GOMP_* symbols too); a preload into a program that loads one runtime, or
+none (benchmark_app runs on TBB), only adds a runtime. A Python command's
+source is read: the modules it imports (anywhere in the file, ``-c`` code,
+``-m`` module) map to installed distributions, whose files and direct
+requirements ship the runtimes; runtime file names it loads by hand
+(``ctypes.CDLL("libiomp5.so")``) count too. Other programs are not
+predicted: nothing is preloaded into them.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+from .runtime_libs import ShippedRuntime
+
+_LIBRARY_NAME = re.compile(r"lib(gomp|iomp5)[\w.-]*\.so")
+_INTERPRETER_OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs")
+
+
+def python_source(cmd: list[str], program: str) -> tuple[str, str] | None:
+    """``(label, source)`` of what a Python command runs, or None when it is
+    not Python or the source cannot be read. ``program``: ``cmd[0]`` resolved."""
+    if os.path.basename(program).startswith("python"):
+        args = cmd[1:]
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "-c" and i + 1 < len(args):
+                return "-c code", args[i + 1]
+            if arg == "-m" and i + 1 < len(args):
+                return _module_source(args[i + 1])
+            if arg in _INTERPRETER_OPTIONS_WITH_VALUE:
+                i += 2
+                continue
+            if arg.startswith("-"):
+                i += 1
+                continue
+            return _file_source(arg)
+        return None
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    if first.startswith(b"#!") and b"python" in first:
+        return _file_source(program)
+    return None
+
+
+def _file_source(path: str) -> tuple[str, str] | None:
+    try:
+        with open(path, "rb") as f:
+            return os.path.basename(path), f.read(4 << 20).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _module_source(name: str) -> tuple[str, str] | None:
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return (f"-m {name}", f"import {name}") if name.isidentifier() else None
+    found = _file_source(spec.origin)
+    return (f"-m {name}", f"import {name}\n" + found[1]) if found else None
+
+
+def imported_packages(source: str) -> set[str]:
+    """Top-level names of every module the source imports."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def runtimes_loaded(source: str, shipped: tuple[ShippedRuntime, ...]) -> dict[str, str]:
+    """OpenMP runtime name -> why the source will load it (what brings it)."""
+    from importlib import metadata
+
+    by_dist: dict[str, list[ShippedRuntime]] = {}
+    for r in shipped:
+        if r.kind == "openmp" and r.distribution:
+            by_dist.setdefault(_normal(r.distribution), []).append(r)
+    found: dict[str, str] = {}
+    for match in _LIBRARY_NAME.finditer(source):
+        name = "libgomp" if match.group(1) == "gomp" else "libiomp5"
+        found.setdefault(name, f"loads {match.group(0)}")
+    if not by_dist:
+        return found
+    owners = metadata.packages_distributions()
+    for package in sorted(imported_packages(source)):
+        for dist in owners.get(package, ()):
+            for r in by_dist.get(_normal(dist), ()):
+                found.setdefault(r.name, f"imports {package} ({dist} ships {r.name})")
+            for required in _requirements(dist):
+                for r in by_dist.get(required, ()):
+                    found.setdefault(r.name, f"imports {package} ({dist} needs {required})")
+    return found
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirements(dist: str) -> list[str]:
+    from importlib import metadata
+    try:
+        requires = metadata.requires(dist) or []
+    except metadata.PackageNotFoundError:
+        return []
+    out = []
+    for req in requires:
+        if "extra ==" in req:
+            continue  # an optional extra: not installed with it by default
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+        if m:
+            out.append(_normal(m.group(1)))
+    return out
