@@ -90,6 +90,11 @@ def test_benchmark_app_keeps_the_users_own_flags(model_xml):
     planned = run("--mode", "latency", "--threads", "1", "--dry-run", "--", "benchmark_app",
                   "-m", model_xml)
     assert "-hint none -nthreads 1 -nstreams 1 -pin NO" in planned.stdout, planned.stdout
+    # The guide's older line (-nthreads without -hint none) runs as the user meant.
+    old = run("--mode", "latency", "--", BENCHMARK_APP, "-m", model_xml, "-api", "sync",
+              "-nthreads", "1", "-t", "1")
+    assert old.returncode == 0, old.stdout[-2000:]
+    assert printed(old.stdout)["INFERENCE_NUM_THREADS"] == "1"
 
 
 @pytest.mark.parametrize("mode", ["latency", "throughput"])

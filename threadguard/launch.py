@@ -54,8 +54,9 @@ def benchmark_app_flags(cmd: list[str], values: dict) -> list[str]:
     gave any of them (2026.4 rejects -nthreads beside a hint other than none)."""
     if os.path.basename(cmd[0]) != "benchmark_app":
         return []
-    if any(arg.split("=")[0] in _BENCHMARK_APP_FLAGS for arg in cmd[1:]):
-        return []
+    given = {arg.split("=")[0] for arg in cmd[1:]} & set(_BENCHMARK_APP_FLAGS)
+    if given:  # the user's own; the old guide's -nthreads alone needs -hint none since 2024
+        return [] if given & {"-hint", "--perf_hint"} else ["-hint", "none"]
     return ["-hint", "none", "-nthreads", str(values["INFERENCE_NUM_THREADS"]),
             "-nstreams", str(values["NUM_STREAMS"]),
             "-pin", "YES" if values["ENABLE_CPU_PINNING"] else "NO"]
