@@ -155,3 +155,24 @@ def test_single_socket_latency_is_its_physical_cores_unpinned(tmp_path):
     topo = threadguard.topology(fsroot=machine(tmp_path, 8, smt=2))
     plan = threadguard.plan(topo, "latency")
     assert plan.threads == 4 and not plan.pin and plan.memory_nodes is None
+
+
+@pytest.mark.parametrize("case", [c for c in cases() if c.name in (
+    "16em64t-4s2c2t", "16amd64-8n2c", "64amd64-4s2n4ca2co", "48amd64-4pa2n6c-sparse",
+    "16amd64-8n2c-cpusets")], ids=lambda c: c.name)
+def test_instances_on_dumped_machines_are_one_per_node_and_disjoint(case, tmp_path):
+    from threadguard.planner import instance_plans
+    topo = threadguard.topology(fsroot=unpack(case, tmp_path))
+    allowed = set(topo.allowed_cpus)
+    nodes = [n for n in topo.numa_nodes if allowed & set(n.cpus)]
+    for count in (None, 1, len(nodes) * 2 + 1):
+        plans = instance_plans(topo, count)
+        assert len(plans) == (count or len(nodes))
+        for plan in plans:
+            node = next(n for n in topo.numa_nodes if n.id == plan.memory_nodes[0])
+            assert plan.pin and set(plan.cpus) <= set(node.cpus) & allowed, (plan, node)
+            assert plan.threads == len(plan.cpus) or count and count > len(topo.allowed_cores())
+        if count is None or count <= len(topo.allowed_cores()):
+            sets = [set(p.cpus) for p in plans]
+            assert all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1:])
+        assert sum(p.threads for p in plans) <= max(topo.effective_cpus, len(plans))

@@ -185,3 +185,26 @@ def test_one_throughput_instance_gets_a_stream_per_numa_node(tmp_path):
     values = json.loads(out.stdout.split("THREADGUARD_OPENVINO='")[1].split("'")[0])
     assert values["NUM_STREAMS"] >= 4 and values["INFERENCE_NUM_THREADS"] <= 8
     assert f"-nstreams {values['NUM_STREAMS']} " in out.stdout
+
+
+@pytest.mark.parametrize("limit,pinned,threads", [
+    # a 1.5-CPU quota pins 2 CPUs, not the socket (OpenVINO ignores quotas)
+    ({"/proc/self/cgroup": "0::/job\n", "/sys/fs/cgroup/job/cpu.max": "150000 100000\n"},
+     "0-1", 2),
+    # a cpuset inside the second socket is the affinity already: sized to it, no numactl
+    ({"/proc/self/status": "Cpus_allowed_list:\t20-23\nMems_allowed_list:\t0-1\n"}, None, 4),
+])
+def test_latency_dry_run_under_a_quota_or_a_cpuset(tmp_path, limit, pinned, threads):
+    from machine_tree import V2_MOUNTINFO, multi_socket
+    root = multi_socket(tmp_path, 2, 16, smt=2, extra=dict(limit, **{
+        "/proc/self/mountinfo": V2_MOUNTINFO}))
+    out = subprocess.run([sys.executable, "-m", "threadguard", "run", "--dry-run", "--mode",
+                          "latency", "--", "benchmark_app", "-m", "model.xml"],
+                         capture_output=True, text=True,
+                         env=clean_env(THREADGUARD_FSROOT=str(root)))
+    assert out.returncode == 0, out.stderr
+    if pinned:
+        assert f"numactl -m 0 --physcpubind {pinned} benchmark_app" in out.stdout, out.stdout
+    else:
+        assert "numactl" not in out.stdout, out.stdout
+    assert f"-nthreads {threads} " in out.stdout and f"OMP_NUM_THREADS={threads} " in out.stdout

@@ -132,3 +132,21 @@ def test_the_hook_runs_the_sitecustomize_it_shadows(model_xml, tmp_path):
     assert out.returncode == 0, out.stderr
     ran, module = out.stdout.split()
     assert ran == "1" and module == str(theirs / "sitecustomize.py")
+
+
+@pytest.mark.parametrize("how", [
+    'core.set_property({"INFERENCE_NUM_THREADS": 2})',
+    'core.set_property("CPU", ("INFERENCE_NUM_THREADS", 2))',
+    'core.set_property(device_name="CPU", properties={"INFERENCE_NUM_THREADS": 2})',
+    'core.set_property(("INFERENCE_NUM_THREADS", 2))',
+])
+def test_every_way_a_program_sets_its_own_value_wins(model_xml, tmp_path, how):
+    script = tmp_path / "own.py"
+    script.write_text("import sys, openvino as ov\ncore = ov.Core()\n" + how + "\n"
+                      "print(core.compile_model(sys.argv[1], 'CPU')"
+                      ".get_property('INFERENCE_NUM_THREADS'))\n"
+                      "print(ov.Core().compile_model(sys.argv[1], 'CPU')"
+                      ".get_property('INFERENCE_NUM_THREADS'))\n")
+    out = run("--threads", "1", "--", sys.executable, str(script), model_xml)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "1"]  # its own Core keeps 2; a fresh one gets the plan

@@ -44,7 +44,14 @@ def _is_cpu(device):
 
 
 def _names(config):
-    return {str(k) for k in config} if isinstance(config, dict) else set()
+    if isinstance(config, dict):
+        return {str(k) for k in config}
+    if isinstance(config, tuple) and config:  # set_property(("NAME", value))
+        return {str(config[0])}
+    return set()
+
+
+_OWN = "_threadguard_own"  # on each Core: the names its program set for the CPU device
 
 
 def _patch(openvino, plan):
@@ -53,18 +60,30 @@ def _patch(openvino, plan):
         return
     set_property = core_class.set_property
     compile_model = core_class.compile_model
-    programs = {}  # id(core) -> names the program set for the CPU device
 
     def patched_set_property(self, *args, **kwargs):
-        if len(args) == 2 and _is_cpu(args[0]):
-            programs.setdefault(id(self), set()).update(_names(args[1]))
-        elif len(args) == 1:  # every device
-            programs.setdefault(id(self), set()).update(_names(args[0]))
+        # (properties), (property), (device, properties), (device, property),
+        # or by keyword; no device: every device, the CPU too.
+        rest = list(args)
+        device = kwargs.get("device_name")
+        if device is None and len(rest) == 2:
+            device = rest.pop(0)
+        given = rest[0] if rest else kwargs.get("properties", kwargs.get("property"))
+        if device is None or _is_cpu(device):
+            try:
+                own = getattr(self, _OWN)
+            except AttributeError:
+                own = set()
+                try:
+                    setattr(self, _OWN, own)
+                except AttributeError:  # a Core without attributes: nothing remembered
+                    pass
+            own.update(_names(given))
         return set_property(self, *args, **kwargs)
 
     def patched_compile_model(self, model, device_name=None, config=None, *args, **kwargs):
         if _is_cpu(device_name):
-            own = programs.get(id(self), set()) | _names(config)
+            own = set(getattr(self, _OWN, ())) | _names(config)
             skip = set(own)
             if "PERFORMANCE_HINT" in own:
                 skip.update(_STREAMS_FROM_HINT)  # its hint chooses the streams
