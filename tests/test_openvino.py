@@ -179,3 +179,15 @@ def test_without_openvino_the_error_names_the_extra():
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 2
     assert "pip install 'threadguard[openvino]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_properties_under_a_quota_never_ask_for_more_than_it_rounds_up_to(tmp_path):
+    # 1.5 CPUs of a 2 x 16-core host: OpenVINO ignores quotas (openvino#37838)
+    root = multi_socket(tmp_path, 2, 16, smt=2, extra={
+        "/proc/self/cgroup": "0::/job\n", "/proc/self/mountinfo": V2_MOUNTINFO,
+        "/sys/fs/cgroup/job/cpu.max": "150000 100000\n"})
+    topo = threadguard.topology(fsroot=root)
+    for mode in ("latency", "throughput"):
+        props = tgov.properties(mode=mode, topology=topo)
+        assert props["INFERENCE_NUM_THREADS"] == 2, (mode, props)
+        assert props["NUM_STREAMS"] <= 2

@@ -43,14 +43,22 @@ def python_source(cmd: list[str], program: str) -> tuple[str, str] | None:
                 continue
             return _file_source(arg)
         return None
+    return _file_source(program) if python_script(program) else None
+
+
+def python_script(program: str) -> bool:
+    """A script whose #! line runs Python."""
     try:
         with open(program, "rb") as f:
             first = f.readline(256)
     except OSError:
-        return None
-    if first.startswith(b"#!") and b"python" in first:
-        return _file_source(program)
-    return None
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
+def runs_python(program: str) -> bool:
+    """A Python interpreter, or a Python script."""
+    return os.path.basename(program).startswith("python") or python_script(program)
 
 
 def _file_source(path: str) -> tuple[str, str] | None:

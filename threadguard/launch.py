@@ -31,6 +31,7 @@ import tempfile
 from . import numa
 from ._command import exec_replacing, resolve
 from ._fs import format_cpulist
+from .command_openmp import runs_python
 from .machine import read_topology
 from .planner import make_plan
 from .runtime_libs import intel_openmp_preload, ld_so_can_carry, parse_ld_preload
@@ -158,18 +159,6 @@ def carriable(path: str) -> str | None:
     return link
 
 
-def _is_python(program: str) -> bool:
-    """A Python interpreter, or a script whose #! line runs one."""
-    if os.path.basename(program).startswith("python"):
-        return True
-    try:
-        with open(program, "rb") as f:
-            first = f.readline(256)
-    except OSError:
-        return False
-    return first.startswith(b"#!") and b"python" in first
-
-
 def shell_line(cmd, plan, env, base=None) -> str:
     """The equivalent ``VAR=... numactl ... CMD`` line."""
     base = os.environ if base is None else base
@@ -196,7 +185,7 @@ def launch(cmd: list[str], *, dry_run: bool = False, instances=0, **options) -> 
         print(shell_line(cmd, plan, env))
         return 0
     program = resolve(cmd, env)  # before pinning anything: a command that cannot start is 127
-    if options.get("verbose") and not _is_python(program):
+    if options.get("verbose") and not runs_python(program):
         where = (f"pinned to {format_cpulist(plan.cpus)}" if plan.pin
                  else "every allowed CPU; --pin chooses them")
         print(f"threadguard: {cmd[0]} is not a Python program: OpenVINO in it sizes its "
