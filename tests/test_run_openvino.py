@@ -150,3 +150,22 @@ def test_every_way_a_program_sets_its_own_value_wins(model_xml, tmp_path, how):
     out = run("--threads", "1", "--", sys.executable, str(script), model_xml)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "1"]  # its own Core keeps 2; a fresh one gets the plan
+
+
+def test_benchmark_app_flags_the_user_gave_are_not_overridden(model_xml):
+    # The user's -hint none -nthreads 1: NUM_STREAMS and pinning stay benchmark_app's own.
+    plain = subprocess.run([BENCHMARK_APP, "-m", model_xml, "-d", "CPU", "-hint", "none",
+                            "-nthreads", "1", "-t", "1"], capture_output=True, text=True,
+                           timeout=240, env=clean_env(CI="true"))
+    under = run("--", BENCHMARK_APP, "-m", model_xml, "-d", "CPU", "-hint", "none",
+                "-nthreads", "1", "-t", "1")
+    assert plain.returncode == 0 and under.returncode == 0, under.stderr[-2000:]
+    assert printed(under.stdout) == printed(plain.stdout)
+
+
+def test_package_data_of_openvino_is_readable_under_the_hook():
+    probe = ("import importlib.resources, pkgutil; "
+             "print(importlib.resources.files('openvino').joinpath('__init__.py').is_file(), "
+             "pkgutil.get_data('openvino', '__init__.py') is not None)")
+    out = run("--", sys.executable, "-c", probe)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "True"], out.stderr

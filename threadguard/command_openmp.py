@@ -21,6 +21,7 @@ from .runtime_libs import ShippedRuntime
 
 _LIBRARY_NAME = re.compile(r"lib(gomp|iomp5)[\w.-]*\.so")
 _INTERPRETER_OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs")
+_FLAGS_WITHOUT_VALUE = set("bBdEhiIOPqRsSuvVx")
 
 
 def python_source(cmd: list[str], program: str) -> tuple[str, str] | None:
@@ -31,10 +32,16 @@ def python_source(cmd: list[str], program: str) -> tuple[str, str] | None:
         i = 0
         while i < len(args):
             arg = args[i]
-            if arg == "-c" and i + 1 < len(args):
-                return "-c code", args[i + 1]
-            if arg == "-m" and i + 1 < len(args):
-                return _module_source(args[i + 1])
+            # -c and -m end a cluster of short options (-Bc CODE, -um MOD, -cCODE)
+            short = arg[1:] if arg.startswith("-") and not arg.startswith("--") else ""
+            for letter in "cm":
+                at = short.find(letter)
+                if at < 0 or any(flag not in _FLAGS_WITHOUT_VALUE for flag in short[:at]):
+                    continue
+                value = short[at + 1:] or (args[i + 1] if i + 1 < len(args) else None)
+                if value is None:
+                    return None
+                return ("-c code", value) if letter == "c" else _module_source(value)
             if arg in _INTERPRETER_OPTIONS_WITH_VALUE:
                 i += 2
                 continue
@@ -70,15 +77,38 @@ def _file_source(path: str) -> tuple[str, str] | None:
 
 
 def _module_source(name: str) -> tuple[str, str] | None:
-    import importlib.util
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
+    spec = _find_without_importing(name)
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return (f"-m {name}", f"import {name}") if name.isidentifier() else None
     found = _file_source(spec.origin)
     return (f"-m {name}", f"import {name}\n" + found[1]) if found else None
+
+
+def _find_without_importing(name: str):
+    """The spec of a module, found on ``sys.path`` with no package's
+    ``__init__`` run (``importlib.util.find_spec`` imports the parents)."""
+    import importlib.machinery
+    import sys
+    spec, path = None, None
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    for i in range(len(parts)):
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]),
+                                                            path if i else sys.path)
+        except (ImportError, ValueError, OSError):
+            return None
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+        if i + 1 < len(parts) and not path:
+            return None
+    if spec.submodule_search_locations:  # a package run with -m: its __main__
+        main = importlib.machinery.PathFinder.find_spec(name + ".__main__",
+                                                        spec.submodule_search_locations)
+        spec = main or spec
+    return spec
 
 
 def imported_packages(source: str) -> set[str]:
@@ -105,9 +135,10 @@ def runtimes_loaded(source: str, shipped: tuple[ShippedRuntime, ...]) -> dict[st
         if r.kind == "openmp" and r.distribution:
             by_dist.setdefault(_normal(r.distribution), []).append(r)
     found: dict[str, str] = {}
-    for match in _LIBRARY_NAME.finditer(source):
-        name = "libgomp" if match.group(1) == "gomp" else "libiomp5"
-        found.setdefault(name, f"loads {match.group(0)}")
+    for text in _strings(source):  # a file name in code, not in a comment
+        for match in _LIBRARY_NAME.finditer(text):
+            name = "libgomp" if match.group(1) == "gomp" else "libiomp5"
+            found.setdefault(name, f"loads {match.group(0)}")
     if not by_dist:
         return found
     owners = metadata.packages_distributions()
@@ -119,6 +150,15 @@ def runtimes_loaded(source: str, shipped: tuple[ShippedRuntime, ...]) -> dict[st
                 for r in by_dist.get(required, ()):
                     found.setdefault(r.name, f"imports {package} ({dist} needs {required})")
     return found
+
+
+def _strings(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
 def _normal(name: str) -> str:

@@ -89,7 +89,7 @@ def intel_openmp_needed(cmd: list[str], env: dict) -> tuple[str | None, str]:
 
 def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin=None,
             allow_oversubscription=False, environ=None, warn=None, verbose=False, plan=None,
-            note=None):
+            note=None, preload=None):
     """``(plan, env, cmd)`` for ``cmd``: pure but for reading the machine.
     ``plan``: one already made (an instance's)."""
     if plan is None:
@@ -102,14 +102,18 @@ def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin
     env = dict(os.environ if environ is None else environ)
     env.update(plan.environment())
     values = openvino_values(plan, mode)
-    env["THREADGUARD_OPENVINO"] = json.dumps(values, separators=(",", ":"))
-    path = env.get("PYTHONPATH", "")
-    if STARTUP_DIR not in path.split(os.pathsep):
-        env["PYTHONPATH"] = STARTUP_DIR + (os.pathsep + path if path else "")
-    if verbose:
-        env["THREADGUARD_VERBOSE"] = "1"
-    cmd = [*cmd, *benchmark_app_flags(cmd, values)]
-    preload, why = intel_openmp_needed(cmd, env)
+    if cmd and os.path.basename(cmd[0]) == "benchmark_app":
+        # Its own flags, which it prints back; no hook, which would add to what
+        # the user's flags leave to benchmark_app's defaults.
+        cmd = [*cmd, *benchmark_app_flags(cmd, values)]
+    else:
+        env["THREADGUARD_OPENVINO"] = json.dumps(values, separators=(",", ":"))
+        path = env.get("PYTHONPATH", "")
+        if STARTUP_DIR not in path.split(os.pathsep):
+            env["PYTHONPATH"] = STARTUP_DIR + (os.pathsep + path if path else "")
+        if verbose:
+            env["THREADGUARD_VERBOSE"] = "1"
+    preload, why = intel_openmp_needed(cmd, env) if preload is None else preload
     if preload and note:
         note(f"Intel OpenMP preloaded: {why}; Intel's runtime must start first")
     existing = env.get("LD_PRELOAD", "")
@@ -206,37 +210,104 @@ def _pinned_here() -> bool:
     return os.environ.get("THREADGUARD_FSROOT", "/") in ("", "/")
 
 
+MAX_INSTANCES_PER_CPU = 4  # more copies than this per allowed CPU is a typo, not a plan
+_CHUNK = 1 << 16  # a line longer than this is relayed in pieces (binary output has none)
+
+
 def launch_instances(cmd: list[str], instances: int | None, *, dry_run: bool = False,
-                     threads=None, mode="throughput", verbose=False, **_ignored) -> int:
+                     threads=None, mode="throughput", verbose=False, socket=None, pin=None,
+                     allow_oversubscription=False) -> int:
     """Copies of ``cmd``, one per NUMA node (or ``instances`` of them), each
     bound to its node's CPUs and memory with its share of threads. Output
-    lines carry the copy's number; Ctrl-C or SIGTERM stops them all; the
-    status is the worst one (a signal counts as 128 + N)."""
+    lines carry the copy's number; Ctrl-C or SIGTERM stops them all (each
+    copy is its own process group: its children stop too); the status is
+    the worst one (a signal counts as 128 + N)."""
+    import signal
     import subprocess
     import threading
 
-    from ._command import start, stop, shell_status
+    from ._command import shell_status, start
     from .planner import instance_plans
 
-    plans = instance_plans(read_topology(), instances, mode, threads=threads)
-    runs = [(plan, *prepare(cmd, plan=plan, mode=mode, verbose=verbose,
-                            note=_note if i == 0 else None)[1:])
-            for i, plan in enumerate(plans)]
+    if socket is not None or pin:
+        raise ValueError("--socket and --pin do not apply with --instances: each copy is "
+                         "pinned to its NUMA node")
+    topo = read_topology()
+    if instances is not None and instances > MAX_INSTANCES_PER_CPU * len(topo.allowed_cpus):
+        raise ValueError(f"--instances {instances} for {len(topo.allowed_cpus)} allowed CPUs: "
+                         f"at most {MAX_INSTANCES_PER_CPU} per CPU")
+    plans = instance_plans(topo, instances, mode, threads=threads)
+    if threads is not None and threads * len(plans) > topo.effective_cpus \
+            and not allow_oversubscription:
+        _warn(f"{len(plans)} copies x {threads} threads for {topo.effective_cpus} effective "
+              f"CPUs ({topo.effective_source}): oversubscribed")
+    preload = intel_openmp_needed(cmd, dict(os.environ))  # the same command: read once
+    if preload[0]:
+        _note(f"Intel OpenMP preloaded: {preload[1]}; Intel's runtime must start first")
+    runs = [(plan, *prepare(cmd, plan=plan, mode=mode, verbose=verbose, preload=preload)[1:])
+            for plan in plans]
     if dry_run:  # one line per copy
         for plan, env, command in runs:
             print(shell_line(command, plan, env))
         return 0
-    pin = _pinned_here()
-    if not pin:
+    placed = _pinned_here()
+    if not placed:
         _warn("machine facts come from THREADGUARD_FSROOT, not this machine: nothing pinned")
     lock = threading.Lock()
 
     def relay(stream, out, prefix: bytes):
-        for line in iter(stream.readline, b""):
-            with lock:
-                out.write(prefix + (line if line.endswith(b"\n") else line + b"\n"))
-                out.flush()
-        stream.close()
+        """Prefixed lines, in pieces of at most _CHUNK; on a closed output,
+        stop reading: the copy then gets SIGPIPE, as it would alone."""
+        pending = b""
+        try:
+            while True:
+                data = stream.read1(_CHUNK)
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                if len(pending) >= _CHUNK:
+                    lines.append(pending)
+                    pending = b""
+                if lines:
+                    with lock:
+                        out.write(b"".join(prefix + line + b"\n" for line in lines))
+                        out.flush()
+            if pending:
+                with lock:
+                    out.write(prefix + pending + b"\n")
+                    out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+        finally:
+            stream.close()
+
+    def stop_all(first):
+        """Signal every copy's whole group at once (``first``, SIGTERM after
+        2 s), SIGKILL what is left after 5 s: a copy's own children too,
+        which may ignore SIGINT (background jobs of a shell do)."""
+        import time
+
+        def alive(proc):
+            proc.poll()  # reaps the leader once it ends
+            try:
+                os.killpg(proc.pid, 0)
+            except OSError:
+                return False
+            return True
+
+        start_time = time.monotonic()
+        for sig, after in ((first, 0.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            while time.monotonic() - start_time < after and any(alive(p) for p in procs):
+                time.sleep(0.05)
+            for proc in procs:
+                if alive(proc):
+                    try:
+                        os.killpg(proc.pid, sig)
+                    except OSError:
+                        pass
+        for proc in procs:
+            proc.wait()
 
     procs, relays = [], []
     try:
@@ -246,7 +317,7 @@ def launch_instances(cmd: list[str], instances: int | None, *, dry_run: bool = F
                 if plan.memory_nodes:
                     numa.set_mempolicy(numa.MPOL_BIND, plan.memory_nodes)
             proc = start(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         preexec_fn=place if pin else None)
+                         process_group=0, preexec_fn=place if placed else None)
             procs.append(proc)
             prefix = f"[{i}] ".encode()
             for stream, out in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
@@ -255,9 +326,11 @@ def launch_instances(cmd: list[str], instances: int | None, *, dry_run: bool = F
                 relays.append(t)
         for proc in procs:
             proc.wait()
-    except BaseException:  # Ctrl-C, SIGTERM, or a copy that could not start
-        for proc in procs:
-            stop(proc)
+    except KeyboardInterrupt:  # Ctrl-C (the copies' groups did not get it) or SIGTERM
+        stop_all(signal.SIGINT)
+        raise
+    except BaseException:  # a copy that could not start
+        stop_all(signal.SIGTERM)
         raise
     finally:
         for t in relays:

@@ -238,9 +238,11 @@ def instance_plans(topology: Topology, instances: int | None, mode: str = "throu
         members = on_node.get(node.id, [])
         node_cores = [c for c in cores if c.cpus[0] in node.cpus] or list(cores)
         for k, i in enumerate(members):
-            chunk = node_cores[k * len(node_cores) // len(members):
-                               (k + 1) * len(node_cores) // len(members)]
-            chunk = chunk or [node_cores[k % len(node_cores)]]  # more copies than cores
+            if len(members) > len(node_cores):  # more copies than cores: one core each, in turn
+                chunk = [node_cores[k % len(node_cores)]]
+            else:
+                chunk = node_cores[k * len(node_cores) // len(members):
+                                   (k + 1) * len(node_cores) // len(members)]
             cpus = _first_siblings(chunk)
             n_threads = share if threads else min(share, len(cpus))
             cpus = cpus[:n_threads] if n_threads < len(cpus) else cpus

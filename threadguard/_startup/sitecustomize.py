@@ -28,14 +28,16 @@ def _say(message):
         sys.stderr.write(f"threadguard: {message}\n")
 
 
-def _plan():
+def _plan(text):
+    """The properties from their JSON text (read when openvino is imported:
+    a program that never imports it pays nothing)."""
     import json
     try:
-        values = json.loads(os.environ.get("THREADGUARD_OPENVINO", ""))
+        values = json.loads(text)
     except ValueError:
-        return None
+        return {}
     if not isinstance(values, dict):
-        return None
+        return {}
     return {k: v for k, v in values.items() if k in _OURS}
 
 
@@ -56,7 +58,7 @@ _OWN = "_threadguard_own"  # on each Core: the names its program set for the CPU
 
 def _patch(openvino, plan):
     core_class = getattr(openvino, "Core", None)
-    if core_class is None or getattr(core_class, "_threadguard_patched", False):
+    if not plan or core_class is None or getattr(core_class, "_threadguard_patched", False):
         return
     set_property = core_class.set_property
     compile_model = core_class.compile_model
@@ -106,8 +108,8 @@ def _patch(openvino, plan):
 class _AfterImport:
     """Patches openvino once it is imported (a finder that only watches)."""
 
-    def __init__(self, plan):
-        self.plan = plan
+    def __init__(self, text):
+        self.plan = text  # the JSON text, parsed once openvino is imported
         self.busy = False
 
     def find_spec(self, name, path=None, target=None):
@@ -124,13 +126,19 @@ class _AfterImport:
         loader, plan = spec.loader, self.plan
 
         class Loader:
+            """openvino's own loader, which patches once it has run; all
+            else (resources, get_data) is the original's."""
+
+            def __getattr__(self, name):
+                return getattr(loader, name)
+
             def create_module(self, spec):
                 return loader.create_module(spec)
 
             def exec_module(self, module):
                 loader.exec_module(module)
                 try:
-                    _patch(module, plan)
+                    _patch(module, _plan(plan))
                 except Exception as err:  # never break the program
                     _say(f"OpenVINO not patched: {err!r}")
 
@@ -140,23 +148,23 @@ class _AfterImport:
 
 
 def _install():
-    plan = _plan()
-    if not plan:
+    text = os.environ.get("THREADGUARD_OPENVINO")
+    if not text:
         return
     if "openvino" in sys.modules:
-        _patch(sys.modules["openvino"], plan)
+        _patch(sys.modules["openvino"], _plan(text))
     else:
-        sys.meta_path.insert(0, _AfterImport(plan))
+        sys.meta_path.insert(0, _AfterImport(text))
 
 
 def _chain():
     """Run the sitecustomize this one shadows, as Python would have."""
     import importlib.machinery
-    import importlib.util
     rest = [p for p in sys.path if os.path.abspath(p or ".") != _DIR]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
     if spec is None or spec.loader is None:
         return
+    import importlib.util
     module = importlib.util.module_from_spec(spec)
     sys.modules["sitecustomize"] = module
     spec.loader.exec_module(module)
