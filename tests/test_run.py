@@ -186,7 +186,8 @@ def test_one_throughput_instance_gets_a_stream_per_numa_node(tmp_path):
     flags = out.stdout.split("benchmark_app -m model.xml ")[1].split()
     streams, threads = int(flags[flags.index("-nstreams") + 1]), int(flags[flags.index("-nthreads") + 1])
     assert streams >= 4 and threads <= 8
-    assert "THREADGUARD_OPENVINO" not in out.stdout  # its flags alone: no hook on top
+    values = json.loads(out.stdout.split("THREADGUARD_OPENVINO='")[1].split("'")[0])
+    assert (values["NUM_STREAMS"], values["INFERENCE_NUM_THREADS"]) == (streams, threads)
 
 
 @pytest.mark.parametrize("limit,pinned,threads", [

@@ -102,11 +102,15 @@ def prepare(cmd: list[str], *, threads=None, mode="throughput", socket=None, pin
     env = dict(os.environ if environ is None else environ)
     env.update(plan.environment())
     values = openvino_values(plan, mode)
+    hook = True
     if cmd and os.path.basename(cmd[0]) == "benchmark_app":
-        # Its own flags, which it prints back; no hook, which would add to what
-        # the user's flags leave to benchmark_app's defaults.
-        cmd = [*cmd, *benchmark_app_flags(cmd, values)]
-    else:
+        # Its own flags, which it prints back, and the hook for the rest of the
+        # plan (the hint: "-hint none" leaves it unset). Flags of the user's
+        # own: theirs alone, no hook adding to what they left to defaults.
+        flags = benchmark_app_flags(cmd, values)
+        cmd = [*cmd, *flags]
+        hook = "-nthreads" in flags
+    if hook:
         env["THREADGUARD_OPENVINO"] = json.dumps(values, separators=(",", ":"))
         path = env.get("PYTHONPATH", "")
         if STARTUP_DIR not in path.split(os.pathsep):
