@@ -413,3 +413,23 @@ report(before=before, lone=lone, beside=beside, after_beside=after_beside, still
                                                       ("libgomp", 1, "applied")}
     assert f["after_beside"] == f["before"] == f["after_mixed"]
     assert dict(f["still"])["openblas"] == 1  # the other thread's exit kept this one's cap
+
+
+def test_a_process_with_no_pool_library_does_not_import_threadpoolctl_and_finds_one_loaded_later():
+    code = """
+import json, sys, threadguard
+with threadguard.budget(1):
+    pass
+before = "threadpoolctl" in sys.modules
+import numpy
+with threadguard.budget(1) as b:
+    capped = {r.target: r.after for r in b.report() if r.status == "applied"}
+print(json.dumps([before, "threadpoolctl" in sys.modules, capped]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, CI="true", OPENBLAS_NUM_THREADS="2"))
+    assert out.returncode == 0, out.stderr
+    import json
+    before, after, capped = json.loads(out.stdout)
+    assert before is False and after is True
+    assert capped.get("openblas") == 1, capped

@@ -127,7 +127,14 @@ def scan() -> Scan:
 
     from .._tpc import threadpoolctl
     from ..libraries import loaded_libraries
+    from ..runtime_libs import classify
 
+    if "threadpoolctl" not in sys.modules:
+        libraries = loaded_libraries().libraries
+        if not any(classify(lib.path) for lib in libraries):
+            # Nothing threadpoolctl knows is loaded (and no controller of the
+            # user's is registered, or it would be imported): no need to import it.
+            return Scan((), {real_path(lib.path): lib.index for lib in libraries})
     with warnings.catch_warnings():
         # threadpoolctl warns when Intel and LLVM OpenMP are both loaded; the
         # OpenMP families handle and report that, and a warning here would
