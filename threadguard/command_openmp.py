@@ -111,14 +111,18 @@ def _find_without_importing(name: str):
     return spec
 
 
-def imported_packages(source: str) -> set[str]:
-    """Top-level names of every module the source imports."""
+def _parsed(source: str) -> ast.AST | None:
     try:
-        tree = ast.parse(source)
+        return ast.parse(source)
     except (SyntaxError, ValueError):
-        return set()
+        return None
+
+
+def imported_packages(source: str, tree: ast.AST | None = None) -> set[str]:
+    """Top-level names of every module the source imports."""
+    tree = _parsed(source) if tree is None else tree
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(tree) if tree is not None else ():
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -130,19 +134,24 @@ def runtimes_loaded(source: str, shipped: tuple[ShippedRuntime, ...]) -> dict[st
     """OpenMP runtime name -> why the source will load it (what brings it)."""
     from importlib import metadata
 
+    tree = _parsed(source)
+    if tree is None:
+        return {}
     by_dist: dict[str, list[ShippedRuntime]] = {}
     for r in shipped:
         if r.kind == "openmp" and r.distribution:
             by_dist.setdefault(_normal(r.distribution), []).append(r)
     found: dict[str, str] = {}
-    for text in _strings(source):  # a file name in code, not in a comment
+    strings = (node.value for node in ast.walk(tree)
+               if isinstance(node, ast.Constant) and isinstance(node.value, str))
+    for text in strings:  # a file name in code, not in a comment
         for match in _LIBRARY_NAME.finditer(text):
             name = "libgomp" if match.group(1) == "gomp" else "libiomp5"
             found.setdefault(name, f"loads {match.group(0)}")
     if not by_dist:
         return found
     owners = metadata.packages_distributions()
-    for package in sorted(imported_packages(source)):
+    for package in sorted(imported_packages(source, tree)):
         for dist in owners.get(package, ()):
             for r in by_dist.get(_normal(dist), ()):
                 found.setdefault(r.name, f"imports {package} ({dist} ships {r.name})")
@@ -150,15 +159,6 @@ def runtimes_loaded(source: str, shipped: tuple[ShippedRuntime, ...]) -> dict[st
                 for r in by_dist.get(required, ()):
                     found.setdefault(r.name, f"imports {package} ({dist} needs {required})")
     return found
-
-
-def _strings(source: str) -> list[str]:
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return []
-    return [node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
 def _normal(name: str) -> str:

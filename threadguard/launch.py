@@ -70,16 +70,18 @@ def intel_openmp_needed(cmd: list[str], env: dict) -> tuple[str | None, str]:
     from .command_openmp import python_source, runtimes_loaded
     from .runtime_libs import shipped_runtimes
 
-    shipped = shipped_runtimes()
-    path = intel_openmp_preload(shipped)
-    if path is None or not cmd:
+    if not cmd:
         return None, ""
     try:
         program = resolve(cmd, env)
     except CommandNotStarted:
         return None, ""
-    source = python_source(cmd, program)
+    source = python_source(cmd, program)  # first: the package scan below costs more
     if source is None:
+        return None, ""
+    shipped = shipped_runtimes()
+    path = intel_openmp_preload(shipped)
+    if path is None:
         return None, ""
     loads = runtimes_loaded(source[1], shipped)
     if "libgomp" in loads and "libiomp5" in loads:
