@@ -128,14 +128,15 @@ def _versions_in_process() -> dict[str, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         controllers = module.ThreadpoolController().lib_controllers
-    return {os.path.realpath(c.filepath): str(c.version) for c in controllers
+    from .libraries import real_path
+    return {real_path(c.filepath): str(c.version) for c in controllers
             if getattr(c, "version", None) and c.filepath}
 
 
 def loaded_runtimes(pid: int | None = None,
                     libraries: "LoadedLibraries | None" = None) -> tuple[Runtime, ...]:
     """Every OpenMP, TBB and BLAS runtime ``pid`` has loaded, in load order."""
-    from .libraries import loaded_libraries
+    from .libraries import loaded_libraries, real_path
     libs = libraries or loaded_libraries(pid)
     in_process = libs.pid == os.getpid()
     versions = _versions_in_process() if in_process else {}
@@ -145,7 +146,7 @@ def loaded_runtimes(pid: int | None = None,
         if found is None:
             continue
         kind, name = found
-        version = versions.get(os.path.realpath(lib.path))
+        version = versions.get(real_path(lib.path)) if versions else None
         if version is None and in_process and name == "libtbb":
             version = _tbb_version(lib.path)
         out.append(Runtime(kind, name, lib.path, version, lib.index))
