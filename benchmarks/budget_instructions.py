@@ -32,11 +32,12 @@ for _ in range(int(sys.argv[1])):
 """
 
 
-def main_thread_instructions(loops: int, workdir: str) -> int:
+def main_thread_instructions(loops: int, workdir: str, loop: str = LOOP, env=None) -> int:
+    """Instructions of the main thread running ``loop`` with ``loops`` as argv[1]."""
     out = os.path.join(workdir, f"cg.{loops}")
-    env = dict(os.environ, PYTHONHASHSEED="0", CI="true")
+    env = dict(env or os.environ, PYTHONHASHSEED="0", CI="true")
     subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes",
-                    f"--callgrind-out-file={out}", sys.executable, "-c", LOOP, str(loops)],
+                    f"--callgrind-out-file={out}", sys.executable, "-c", loop, str(loops)],
                    env=env, check=True, capture_output=True)
     with open(f"{out}-01") as f:  # thread 1: the main thread
         for line in f:

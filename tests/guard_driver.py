@@ -12,7 +12,7 @@ import queue
 import threading
 
 import threadguard
-from threadguard import guard, numa
+from threadguard import guard, host, numa
 from threadpoolctl import threadpool_info
 
 VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY",
@@ -69,6 +69,9 @@ def snapshot(workers) -> dict:
                             for t in map(int, os.listdir("/proc/self/task"))}),
         "mempolicy": [w.call(lambda _: numa.get_mempolicy()) for w in workers],
         "sections": guard.sections_inside(),
+        # Host-scoped sections held, and this process's slots in the host ledger.
+        "host_holds": dict(host._member.asks),
+        "host_slots": [s.index for s in host.participants() if s.pid == os.getpid()],
     }
 
 
@@ -78,11 +81,13 @@ class Driver:
         gomp = ctypes.CDLL(gomp_path) if gomp_path else None
         self.workers = [Worker(i, gomp) for i in range(n_threads)]
         self.shared = threadguard.budget(2)  # one object reused by every thread
+        self.refused: set[int] = set()  # threads whose section another thread left
 
-    def enter(self, who: int, threads: int, env: bool, pin: bool, reuse: bool):
+    def enter(self, who: int, threads: int, env: bool, pin: bool, reuse: bool,
+              scope: str = "process"):
         def job(w):
             section = self.shared if reuse else threadguard.budget(
-                threads, env=env, pin=pin, allow_oversubscription=True)
+                threads, env=env, pin=pin, allow_oversubscription=True, scope=scope)
             section.__enter__()
             w.entered.append(section)
             return section.threads
@@ -110,6 +115,7 @@ class Driver:
         try:
             self.workers[other].call(lambda _: section.__exit__(None, None, None))
         except guard.CrossThreadExit:
+            self.refused.add(who)
             return "refused"
         return "left"
 
@@ -165,10 +171,18 @@ class Driver:
         return self.workers[who].call(job)
 
     def unwind(self):
-        """Leave every entry, each from its own thread, innermost first."""
+        """Leave every entry, each from its own thread, innermost first. A
+        thread whose section another thread left gets its own OpenMP limit
+        back at its next budget call (only it can set it): one is made."""
         for w in self.workers:
             while w.entered:
                 self.exit(w.index, -1)
+        def next_call(_):
+            with threadguard.budget(1):
+                pass
+        for who in sorted(self.refused):
+            self.workers[who].call(next_call)
+        self.refused.clear()
 
     def close(self):
         self.unwind()

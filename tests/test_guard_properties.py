@@ -1,9 +1,11 @@
 """Property-based tests of the guard: random sequences of nested, reused and
 concurrent budgets in several real threads, exits in any order, exits from
 the wrong thread, exceptions, a runtime loaded mid-section and fork inside
-a section. After each sequence every pool, every thread's own OpenMP limit,
-the thread variables, every thread's affinity and memory policy must be
-exactly as before, and no section may be left in the ledger.
+a section, host-scoped sections beside another participant of the host
+ledger (its grant moves the limits mid-section). After each sequence every
+pool, every thread's own OpenMP limit, the thread variables, every thread's
+affinity and memory policy must be exactly as before, no section may be left
+in the ledger and this process may hold no slot of the host ledger.
 
 Hypothesis runs inside a fresh interpreter (limits are process-global), on
 NumPy's OpenBLAS, scikit-learn's GNU OpenMP and Intel's OpenMP loaded late.
@@ -20,8 +22,13 @@ from procs import intel_libiomp5, python_child, sklearn_libgomp
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 PROPERTY = """
-import os, sys, traceback
+import os, subprocess, sys, traceback
 sys.path.insert(0, {tests!r})
+# Another participant of the host ledger for the whole run: host-scoped
+# sections here get half the CPUs, or the whole when it is gone.
+other = subprocess.Popen([sys.executable, "-c",
+    "import sys, threadguard; threadguard.budget(scope='host').__enter__(); sys.stdin.read()"],
+    stdin=subprocess.PIPE)
 import numpy
 from hypothesis import HealthCheck, given, settings, strategies as st
 from guard_driver import Driver, pools, snapshot
@@ -33,7 +40,7 @@ initial_env = dict(initial["env"])
 thread = st.integers(0, 2)
 step = st.one_of(
     st.tuples(st.just("enter"), thread, st.integers(1, 3), st.booleans(), st.booleans(),
-              st.booleans()),
+              st.booleans(), st.sampled_from(["process", "host"])),
     st.tuples(st.just("exit"), thread, st.integers(0, 5)),
     st.tuples(st.just("exit_elsewhere"), thread, thread),
     st.tuples(st.just("raise_inside"), thread, st.integers(1, 3)),
@@ -50,8 +57,8 @@ def sequence(steps):
     try:
         for op, who, *args in steps:
             if op == "enter":
-                threads, env, pin, reuse = args
-                drv.enter(who, threads, env, pin, reuse)
+                threads, env, pin, reuse, scope = args
+                drv.enter(who, threads, env, pin, reuse, scope)
             elif op == "exit":
                 drv.exit(who, args[0])
             elif op == "exit_elsewhere":
@@ -81,16 +88,19 @@ try:
     sequence()
 except Exception:
     failures.append(traceback.format_exc())
+other.stdin.close()
+other.wait()
 report(failures=failures)
 drv.close()
 """
 
 
-def test_random_sequences_leave_everything_as_it_was():
+def test_random_sequences_leave_everything_as_it_was(tmp_path):
     code = PROPERTY.format(tests=os.path.dirname(os.path.abspath(__file__)),
                            gomp=sklearn_libgomp(), iomp=intel_libiomp5(),
                            examples=int(os.environ.get("THREADGUARD_PROPERTY_EXAMPLES", "60")))
-    with python_child(code, env={"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None},
+    with python_child(code, env={"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None,
+                                 "THREADGUARD_LEDGER": str(tmp_path / "host.ledger")},
                       timeout=600) as child:
         failures = child.facts["failures"]
     assert not failures, failures[0]

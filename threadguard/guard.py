@@ -36,6 +36,7 @@ import sys
 import threading
 import warnings
 from . import _env
+from . import host as _host
 from .applied import Applied
 from . import numa as _numa
 from . import pools as _pools
@@ -166,7 +167,7 @@ class _Entry:
     """One entry of a budget section, in one thread."""
 
     __slots__ = ("section", "thread", "want", "capacity", "thread_grant", "pin",
-                 "memory_nodes", "env", "applied", "site")
+                 "memory_nodes", "env", "applied", "site", "host_ask")
 
     def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None,
                  thread_grant=0):
@@ -178,6 +179,7 @@ class _Entry:
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
         self.thread_grant = thread_grant
         self.applied: list = []
+        self.host_ask = 0  # what it asked of the host ledger (0: process scope)
 
     def top(self) -> _shares.Top:
         return _shares.Top(self.want, self.capacity, self.thread_grant)
@@ -203,6 +205,7 @@ class _Ledger:
         self.affinity_saved: dict | None = None  # tid -> CPUs; "default" -> for new threads
         self.pinned_to: frozenset | None = None
         self.mempolicy_saved: dict[int, object] = {}  # thread -> (mode, nodes)
+        self.host_cap: int | None = None  # this process's grant from the host ledger
         # Only lone sections entered and left the fast way since the ledger was
         # last found clean: set False by every other entry, found again when
         # the last section has left (``clean()``).
@@ -213,7 +216,8 @@ class _Ledger:
         originals or queued exits: nothing but what the fast way handles."""
         return (self.env_saved is None and self.pinned_to is None and not self.natural_keys
                 and not self.env_dirty and not self.pin_dirty and not self.mempolicy_saved
-                and not self.env_entries and not self.pending and not self.process_saved)
+                and not self.env_entries and not self.pending and not self.process_saved
+                and self.host_cap is None)
 
     def tops(self, skip: int | None = None) -> list[_shares.Top]:
         return [s[-1].top() for i, s in self.stacks.items() if s and i != skip]
@@ -224,8 +228,16 @@ class _Ledger:
             return None
         if len(stacks) == 1:  # the common case, without building tops
             for stack in stacks.values():
-                return min(stack[-1].want, stack[-1].capacity) if stack else None
-        return _shares.process_value(self.tops())
+                value = min(stack[-1].want, stack[-1].capacity) if stack else None
+        else:
+            value = _shares.process_value(self.tops())
+        cap = self.host_cap
+        return value if cap is None or value is None or value <= cap else cap
+
+    def capacity(self, entry: "_Entry") -> int:
+        """The CPUs ``entry`` may share: its own, or this process's host grant."""
+        cap = self.host_cap
+        return entry.capacity if cap is None or cap >= entry.capacity else cap
 
 
 _ledger = _Ledger()
@@ -257,6 +269,8 @@ def _after_fork_in_child() -> None:
     new.env_dirty, new.natural_keys = old.env_dirty, set(old.natural_keys)
     new.affinity_saved, new.pinned_to = old.affinity_saved, old.pinned_to
     new.pin_dirty = old.pin_dirty
+    for entry in new.stacks.get(me, ()):  # the child is not its parent's participant
+        entry.host_ask = 0
     if me in old.owners:
         new.owners[me] = old.owners[me]
     new.plain = False
@@ -277,6 +291,73 @@ class CrossThreadExit(RuntimeError):
     """A budget section was left by a thread other than the one that entered it."""
 
 
+class HostLedgerWarning(UserWarning):
+    """The host ledger could not be used: the budget applies to this process alone."""
+
+
+SCOPES = ("process", "host")
+_SCOPE_VAR = _env.Variable("THREADGUARD_SCOPE")
+
+
+def _default_scope() -> str:
+    raw = _SCOPE_VAR.get_raw()
+    if not raw:
+        return "process"
+    value = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+    if value not in SCOPES:
+        raise ValueError(f"THREADGUARD_SCOPE must be one of {', '.join(SCOPES)}, got {value!r}")
+    return value
+
+
+def _host_changed() -> None:
+    """The watcher saw this process's grant or CPUs move: the process-wide
+    limits and the affinity follow now; thread limits at each thread's next entry."""
+    led = _ledger
+    with led.lock:
+        led.busy = _get_ident()
+        try:
+            led.host_cap = _host.grant()
+            if led.stacks:
+                _sync_process(_registry.split[0], None)
+                if led.pinned_to is not None:
+                    _sync_affinity(None)
+        finally:
+            led.busy = None
+
+
+_host.on_change = _host_changed
+_host_warned: set = set()
+
+
+def _join_host(entry: _Entry, plan: Plan) -> None:
+    """Take part in the host ledger for ``entry`` (before the ledger's lock:
+    the file's lock may wait for another process)."""
+    callers = entry.section._host_callers
+    asked = max(1, min(plan.threads * callers, entry.capacity))
+    try:
+        grant = _host.hold(asked, bool(plan.pin), current_topology, callers=callers)
+    except (OSError, ValueError) as err:
+        reason = str(err)
+        if reason not in _host_warned:
+            _host_warned.add(reason)
+            warnings.warn(f"threadguard: host ledger not used ({reason}): this budget "
+                          "covers this process only", HostLedgerWarning, stacklevel=4)
+        entry.applied.append(Applied("host ledger", PROCESS, None, None, "skipped", None, reason))
+        return
+    entry.host_ask = asked
+    _ledger.host_cap = grant
+    entry.applied.append(_new_row(Applied, ("host ledger", PROCESS, asked, grant, "applied",
+                                            _host.path(), "asked, granted")))
+
+
+def _release_host(entry: _Entry) -> None:
+    """Give the entry's part of the host back (safe to repeat)."""
+    asked, entry.host_ask = entry.host_ask, 0
+    if asked:
+        _host.release(asked, entry.pin is not None)
+        _ledger.host_cap = _host.grant()
+
+
 # -- the public section -------------------------------------------------------------
 
 class budget:
@@ -295,7 +376,12 @@ class budget:
     def __init__(self, threads: int | None = None, *, mode: str = "throughput",
                  pin: bool | None = False, socket: int | None = None, env: bool = False,
                  allow_oversubscription: bool = False, topology: Topology | None = None,
-                 plan: Plan | None = None):
+                 plan: Plan | None = None, scope: str | None = None):
+        if scope is None:
+            scope = _default_scope() if _SCOPE_VAR.get_raw() else "process"
+        elif scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        self.scope = scope
         if threads is not None and (type(threads) is not int or not 0 < threads <= MAX_THREADS):
             check_count(threads, upper=MAX_THREADS)  # raises, naming the valid range
         self.requested = threads
@@ -320,6 +406,9 @@ class budget:
             make_plan(topology or current_topology(), mode, socket=socket)
 
     _last_applied: list | tuple = ()  # the last entry's report rows (no cycle to the entry)
+    # Host scope: threads that call this process's pools at once (a Dask
+    # worker's task threads); its ask counts them all, each gets a part.
+    _host_callers = 1
     _inert: dict[int, int] | None = None  # thread -> entries that applied nothing (made when needed)
 
     # -- the plan ----------------------------------------------------------
@@ -374,7 +463,11 @@ class budget:
         rows = entry.applied if entry is not None else self._last_applied
         # A lone section records (limiter, before, after, wanted): rows are
         # built here, not on every entry.
-        return [row if isinstance(row, Applied) else _outcome(*row) for row in rows]
+        out = [row if isinstance(row, Applied) else _outcome(*row) for row in rows]
+        if self.scope == "host" and not any(r.target == "host ledger" for r in out):
+            out.insert(0, Applied("host ledger", PROCESS, None, _ledger.host_cap, "applied",
+                                  _host.path(), "inside a host-scoped section of this thread"))
+        return out
 
     # -- entering and leaving ---------------------------------------------
     def __enter__(self) -> "budget":
@@ -385,7 +478,8 @@ class budget:
         # Only a with statement's entry may be judged by where it was made.
         site = (caller, lasti) if caller.f_code.co_code[lasti] in _WITH_OPCODES else None
         del caller
-        if not (_ledger.stacks or plan.pin or self.env or _ledger.busy == ident):
+        if not (_ledger.stacks or plan.pin or self.env or _ledger.busy == ident
+                or self.scope == "host"):
             if self._enter_alone(plan, ident, site):
                 return self
         if plan.pin:
@@ -404,6 +498,14 @@ class budget:
             self._inert[ident] = self._inert.get(ident, 0) + 1
             return self
         try:
+            if self.scope == "host" and self._topology is None:
+                stack = led.stacks.get(ident)
+                top = stack[-1] if stack else None
+                # Inside this thread's host-scoped section that covers it: no
+                # change in membership, nothing to hold (report() tells the grant).
+                if not (top and top.host_ask and plan.threads <= top.host_ask
+                        and (top.pin is not None or not plan.pin)):
+                    _join_host(entry, plan)
             process_limiters, thread_limiters = _registry.current()
             # A thread's own originals first: a process-wide setter may touch
             # them (torch.set_num_threads sets this thread's OpenMP limit).
@@ -429,7 +531,7 @@ class budget:
                         entry.want = _shares.nested_want(plan.threads, stack[-1].top())
                     others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
                     _, entry.thread_grant = _shares.entry_grants(
-                        entry.want, entry.capacity, others)
+                        entry.want, led.capacity(entry), others)
                     stack.append(entry)
                     led.env_entries += entry.env
                     _sync_process(process_limiters, entry.applied)
@@ -565,7 +667,7 @@ class budget:
         def section():
             return budget(self.requested, mode=self.mode, pin=self.pin, socket=self.socket,
                           env=self.env, allow_oversubscription=self.allow_oversubscription,
-                          topology=self._topology, plan=self._given_plan)
+                          topology=self._topology, plan=self._given_plan, scope=self.scope)
         import inspect  # here, not at import: the guard is imported at every pytest start
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
@@ -700,6 +802,8 @@ def _leave(entry: _Entry) -> None:
     pending = None
     for _ in range(3):
         try:
+            if entry.host_ask:
+                _release_host(entry)
             _remove_and_sync(entry)
             break
         except BaseException as err:  # KeyboardInterrupt mid-restore: finish first
@@ -944,6 +1048,10 @@ def _sync_affinity(applied) -> None:
     led = _ledger
     pins = [e.pin for s in led.stacks.values() for e in s if e.pin is not None]
     target = _shares.pinned_cpus(pins)
+    if target is not None and led.host_cap is not None:  # the host gave disjoint CPUs
+        given = _host.pinned_cpus()
+        if given:
+            target = frozenset(given)
     if target == led.pinned_to:
         if target is not None and applied is not None:
             applied.append(Applied("affinity", PROCESS, None, sorted(target), "applied", None,

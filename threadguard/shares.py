@@ -56,3 +56,64 @@ def pinned_cpus(pins: Sequence[frozenset]) -> frozenset | None:
     if not pins:
         return None
     return frozenset().union(*pins)
+
+
+# -- the host ledger: independent processes share the host ----------------------
+
+def host_grants(capacity: int, asks: Sequence[int]) -> list[int]:
+    """Each participant's share of ``capacity`` CPUs, in proportion to what it
+    asked (``asks``, in the ledger's order). Everyone gets what it asked while
+    the asks fit; past that, one thread each first (its own), then the rest
+    of the CPUs in proportion to the rest of the asks, largest remainders
+    first, so the grants add up to exactly ``capacity`` (or to one each, when
+    there are more participants than CPUs)."""
+    asks = [max(1, a) for a in asks]
+    if sum(asks) <= capacity:
+        return asks
+    grants = [1] * len(asks)
+    spare = capacity - len(asks)
+    extra = [a - 1 for a in asks]
+    total = sum(extra)
+    if spare <= 0 or total <= 0:
+        return grants
+    exact = [spare * e / total for e in extra]
+    for i, x in enumerate(exact):
+        grants[i] += int(x)
+    left = spare - sum(int(x) for x in exact)
+    order = sorted(range(len(asks)), key=lambda i: (-(exact[i] - int(exact[i])), i))
+    for i in order[:left]:
+        grants[i] += 1
+    return grants
+
+
+def host_cpus(nodes: Sequence[Sequence[int]], sizes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Disjoint CPU sets for pinned participants, ``sizes[i]`` CPUs each, in
+    the ledger's order. ``nodes`` lists each NUMA node's CPUs in the order
+    they are best taken (one per core first). A participant takes its CPUs
+    from the node with the fewest free CPUs that still holds them all (it
+    stays inside one node, and large nodes stay whole for later ones);
+    else the free CPUs of the nodes with most free first; when the CPUs run
+    out, the least shared ones again."""
+    free = [list(cpus) for cpus in nodes]
+    use: dict[int, int] = {c: 0 for cpus in nodes for c in cpus}
+    out = []
+    for size in sizes:
+        size = max(1, size)
+        fitting = [i for i, f in enumerate(free) if len(f) >= size]
+        if fitting:
+            best = min(fitting, key=lambda i: (len(free[i]), i))
+            taken = free[best][:size]
+            del free[best][:size]
+        else:
+            taken = []
+            for i in sorted(range(len(free)), key=lambda i: (-len(free[i]), i)):
+                room = size - len(taken)
+                taken += free[i][:room]
+                del free[i][:room]
+            if len(taken) < size and use:  # more CPUs asked than the host has
+                order = sorted(use, key=lambda c: (use[c], c))
+                taken += [c for c in order if c not in taken][:size - len(taken)]
+        for c in taken:
+            use[c] = use.get(c, 0) + 1
+        out.append(tuple(sorted(taken)))
+    return out
