@@ -169,12 +169,75 @@ def test_preload_gives_the_same_share(monkeypatch):
     assert all(set(pools) == {share} and omp == str(share) for pools, omp in capped.values())
 
 
-def test_preloaded_workers_that_think_they_are_alone_get_the_variable_as_their_fix(monkeypatch):
+def test_preloaded_workers_told_they_are_alone_get_the_variable_as_their_fix(monkeypatch):
     if CPUS >= 4:
         pytest.skip("two workers sized alone fit on 4 CPUs")
-    monkeypatch.delenv("THREADGUARD_WORKERS_PER_HOST", raising=False)
+    monkeypatch.setenv("THREADGUARD_WORKERS_PER_HOST", "1")
     with cluster(nanny_environ={}, preload=["threadguard.integrations.dask"]) as (_, client):
         client.run(probe)
         report = tg_dask.cluster_report(client)
     tg501 = [f for f in report["findings"] if f["code"] == "TG501"]
-    assert tg501 and "THREADGUARD_WORKERS_PER_HOST=2" in tg501[0]["fix"], report["findings"]
+    assert tg501 and "THREADGUARD_WORKERS_PER_HOST" in tg501[0]["fix"], report["findings"]
+
+
+def _until(check, timeout=30.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value[0] or time.monotonic() > deadline:
+            return value[1]
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(CPUS < 2, reason="needs 2 CPUs to share")
+def test_workers_started_by_hand_share_the_host_through_the_ledger(tmp_path):
+    """``dask scheduler`` and two ``dask worker --preload ...`` started from the
+    command line, as by hand: no count of workers given anywhere. Each ends
+    with its share; when one is killed the other takes the host back."""
+    import signal
+    env = dict(os.environ, CI="true", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+               THREADGUARD_LEDGER=str(tmp_path / "host.ledger"))  # tests: the probe's module
+    env.pop("THREADGUARD_WORKERS_PER_HOST", None)
+    env.pop("OMP_NUM_THREADS", None)
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    scheduler_file = str(tmp_path / "scheduler.json")
+    bindir = os.path.dirname(sys.executable)
+    procs = [subprocess.Popen([os.path.join(bindir, "dask"), "scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file",
+                               scheduler_file], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        _until(lambda: (os.path.exists(scheduler_file), None))
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [os.path.join(bindir, "dask"), "worker", "--scheduler-file", scheduler_file,
+                 "--no-nanny", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                 "--preload", "threadguard.integrations.dask"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        with distributed.Client(scheduler_file=scheduler_file, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            share = CPUS // 2
+            seen = _until(lambda: (lambda r: (all(set(p) == {share} for p, _ in r.values()), r))(
+                client.run(probe)))
+            assert all(set(pools) == {share} for pools, _ in seen.values()), seen
+            report = tg_dask.cluster_report(client)
+            assert not [f for f in report["findings"] if f["code"] == "TG501"], report["findings"]
+            host = subprocess.run([sys.executable, "-m", "threadguard", "host", "--json"],
+                                  env=env, capture_output=True, text=True)
+            listed = {p["pid"] for p in json.loads(host.stdout)["participants"]}
+            assert listed == {procs[1].pid, procs[2].pid}
+            procs[2].send_signal(signal.SIGKILL)
+            procs[2].wait(30)
+            alone = _until(lambda: (lambda r: (all(set(p) == {CPUS} for p, _ in r.values()), r))(
+                client.run(probe, workers=[a for a in client.scheduler_info()["workers"]][:1])))
+            assert all(set(pools) == {CPUS} for pools, _ in alone.values()), alone
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -128,9 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--instances", type=_instances, default=0, metavar="N|auto",
                      help="start N copies, one per NUMA node (auto: one per node), each bound "
                           "to its node's CPUs and memory with its share of threads")
+    run.add_argument("--scope", choices=("process", "host"), default="process",
+                     help="host: take the command's share from the host ledger, beside "
+                          "the other processes in it (see threadguard host)")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="say on stderr what OpenVINO in the command was given")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+
+    hst = sub.add_parser("host", help="the processes sharing this host's CPUs through the "
+                                      "host ledger, and their grants")
+    hst.add_argument("--json", action="store_true", help="print JSON")
+    hst.add_argument("--ledger", metavar="PATH",
+                     help="the ledger file (default: $THREADGUARD_LEDGER, else this user's)")
 
     bench = sub.add_parser(
         "bench-openvino", help="OpenVINO's defaults vs the threadguard plan, side by side",
@@ -189,8 +198,21 @@ def _cmd_run(args) -> int:
         return EXIT_USAGE
     return launch(cmd, threads=args.threads, mode=args.mode, socket=args.socket,
                   pin=args.pin or None, dry_run=args.dry_run, verbose=args.verbose,
-                  instances=args.instances,
+                  instances=args.instances, scope=args.scope,
                   allow_oversubscription=args.allow_oversubscription)
+
+
+def _cmd_host(args) -> int:
+    from .host import snapshot
+    snap = snapshot(args.ledger)
+    if args.json:
+        import json
+        print(json.dumps(snap, indent=2))
+    else:
+        from .render.console import make_console
+        from .render.host import render_host
+        render_host(snap, make_console())
+    return EXIT_OK
 
 
 def _cmd_bench_openvino(args) -> int:
@@ -378,7 +400,7 @@ def _one_line(err: Exception) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-COMMANDS = {"doctor": _cmd_doctor, "record": _cmd_record, "watch": _cmd_watch, "topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run,
+COMMANDS = {"doctor": _cmd_doctor, "record": _cmd_record, "watch": _cmd_watch, "topology": _cmd_topology, "inspect": _cmd_inspect, "run": _cmd_run, "host": _cmd_host,
             "bench-openvino": _cmd_bench_openvino}
 
 

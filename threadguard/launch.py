@@ -186,10 +186,48 @@ def _note(message):
     print(f"threadguard: {message}", file=sys.stderr)
 
 
-def launch(cmd: list[str], *, dry_run: bool = False, instances=0, **options) -> int:
+def host_plans(plans, topo, *, dry_run: bool, verbose: bool):
+    """``plans`` cut to this run's share of the host ledger (``--scope
+    host``): one slot for them all, asking their total, held by this
+    process; a dry run only reads the ledger. Returns the plans as they are
+    when the ledger cannot be used (with a warning)."""
+    from . import host
+    from .planner import host_share
+    asked = max(1, min(sum(p.threads for p in plans), topo.effective_cpus))
+    pin = len(plans) == 1 and plans[0].pin
+    try:
+        if dry_run:
+            grant, cpus, count = host.preview(asked, pin, topo)
+        else:
+            grant = host.hold(asked, pin, lambda: topo, follow=False)
+            cpus, count = host.pinned_cpus(), len(host.participants())
+    except OSError as err:
+        _warn(f"host ledger not used ({err}): the command's share is planned alone")
+        return plans
+    if verbose:
+        _note(f"host ledger: granted {grant} of {asked} threads asked, "
+              f"{count} participant(s)" + (f", CPUs {format_cpulist(cpus)}" if cpus else ""))
+    if len(plans) == 1:
+        return (host_share(topo, plans[0], grant, cpus),)
+    return tuple(host_share(topo, p, max(1, p.threads * grant // asked)) for p in plans)
+
+
+def launch(cmd: list[str], *, dry_run: bool = False, instances=0, scope: str = "process",
+           **options) -> int:
     if instances != 0:  # None: one per NUMA node
-        return launch_instances(cmd, instances, dry_run=dry_run, **options)
+        return launch_instances(cmd, instances, dry_run=dry_run, scope=scope, **options)
     warn = _warn
+    if scope == "host":
+        topo = read_topology()
+        threads = options.get("threads")
+        if (threads is not None and threads > topo.effective_cpus
+                and not options.get("allow_oversubscription")):
+            warn(f"{threads} threads for {topo.effective_cpus} effective CPUs "
+                 f"({topo.effective_source}): oversubscribed")
+        base = make_plan(topo, options.get("mode", "throughput"), threads=threads,
+                         socket=options.get("socket"), pin=options.get("pin"))
+        options["plan"] = host_plans((base,), topo, dry_run=dry_run,
+                                     verbose=options.get("verbose", False))[0]
     plan, env, cmd = prepare(cmd, warn=warn, note=_note, **options)
     if dry_run:
         print(shell_line(cmd, plan, env))
@@ -222,7 +260,7 @@ _CHUNK = 1 << 16  # a line longer than this is relayed in pieces (binary output 
 
 def launch_instances(cmd: list[str], instances: int | None, *, dry_run: bool = False,
                      threads=None, mode="throughput", verbose=False, socket=None, pin=None,
-                     allow_oversubscription=False) -> int:
+                     allow_oversubscription=False, scope="process") -> int:
     """Copies of ``cmd``, one per NUMA node (or ``instances`` of them), each
     bound to its node's CPUs and memory with its share of threads. Output
     lines carry the copy's number; Ctrl-C or SIGTERM stops them all (each
@@ -243,6 +281,8 @@ def launch_instances(cmd: list[str], instances: int | None, *, dry_run: bool = F
         raise ValueError(f"--instances {instances} for {len(topo.allowed_cpus)} allowed CPUs: "
                          f"at most {MAX_INSTANCES_PER_CPU} per CPU")
     plans = instance_plans(topo, instances, mode, threads=threads)
+    if scope == "host":
+        plans = host_plans(plans, topo, dry_run=dry_run, verbose=verbose)
     if threads is not None and threads * len(plans) > topo.effective_cpus \
             and not allow_oversubscription:
         _warn(f"{len(plans)} copies x {threads} threads for {topo.effective_cpus} effective "

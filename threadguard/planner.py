@@ -254,3 +254,19 @@ def instance_plans(topology: Topology, instances: int | None, mode: str = "throu
                                                        f"{topology.effective_source}"
                                                        if n_threads < len(chunk) else ""))
     return tuple(out)
+
+
+def host_share(topology: Topology, plan: Plan, threads: int,
+               cpus: tuple[int, ...] | None = None) -> Plan:
+    """``plan`` cut to the share the host ledger granted: ``threads``, and
+    when pinned the disjoint ``cpus`` the ledger chose."""
+    if threads >= plan.threads and not cpus:
+        return plan
+    threads = min(threads, plan.threads)
+    streams = max(1, min(plan.streams, threads))
+    new_cpus = tuple(cpus) if cpus and plan.pin else plan.cpus
+    return plan._replace(threads=threads, cpus=new_cpus, streams=streams,
+                         threads_per_stream=max(1, threads // streams),
+                         memory_nodes=(_nodes_of(topology, new_cpus) if plan.memory_nodes
+                                       else None),
+                         why=f"{plan.why}; host ledger share: {threads} threads")

@@ -33,6 +33,8 @@ LEAK_POLICIES = ("fail", "warn", "ignore")
 OPTIONS = {  # name: (description, default) -- one text for the flag and the ini key
     "threadguard": ("enable threadguard's thread budget and per-test checks", False),
     "threadguard_threads": ("threads per worker (default: effective CPUs // xdist workers)", None),
+    "threadguard_scope": ("host: the workers also share the CPUs with every other process in "
+                          "the host ledger (other sessions, services); default process", None),
     "threadguard_leaks": ("what a thread leak does: fail, warn or ignore", "warn"),
     "threadguard_grace": ("seconds to wait for threads that are shutting down", "0.5"),
     "threadguard_strict": ("turn every threadguard finding into a failure", False),
@@ -91,6 +93,10 @@ def _check_policy(value, where: str) -> str:
 class _State:
     def __init__(self, config):
         self.threads = _check_int(_setting(config, "threadguard_threads"), "--threadguard-threads")
+        self.scope = _setting(config, "threadguard_scope") or None  # None: THREADGUARD_SCOPE
+        if self.scope not in (None, "process", "host"):
+            raise pytest.UsageError(f"threadguard: --threadguard-scope must be process or host, "
+                                    f"got {self.scope!r}")
         self.leaks = _check_policy(_setting(config, "threadguard_leaks"), "--threadguard-leaks")
         self.grace = _check_seconds(_setting(config, "threadguard_grace"), "--threadguard-grace")
         self.strict = bool(_setting(config, "threadguard_strict"))
@@ -133,7 +139,7 @@ class _State:
         if self.session_budget is not None:
             self.session_budget.__exit__(None, None, None)
         self.session_budget = threadguard.budget(self.budget_threads, allow_oversubscription=True,
-                                                  env=True)
+                                                  env=True, scope=self.scope)
         self.session_budget.__enter__()
         self.generation = self.linker_generation()
         self.last_environ = None  # the budget may have exported its variables anew
@@ -179,6 +185,7 @@ def pytest_report_header(config):
 LEAK, STARTED, RESIZED, ENVIRONMENT, AFFINITY = "TG601", "TG602", "TG603", "TG604", "TG605"
 # Pools that live for the process: their threads are kept on purpose.
 _LOKY_THREADS = ("ExecutorManagerThread", "QueueFeederThread")
+WATCHER_NAME = "threadguard-host"  # threadguard.host's watcher, named here: no import at start
 
 
 def _thread_ids() -> set[str]:
@@ -240,6 +247,8 @@ def _describe_threads(tids: set[int]) -> list[dict]:
         name = (owner.python_name if owner and owner.python_name else names.get(tid, ""))
         if pool == PYTHON and name.startswith(_LOKY_THREADS):
             pool = "loky"
+        elif pool == PYTHON and name == WATCHER_NAME:  # follows the host ledger
+            pool = "threadguard"
         persistent = pool not in (MAIN, PYTHON, OTHER, UNATTRIBUTED)
         out.append({"tid": tid, "pool": pool, "name": name, "persistent": persistent,
                     "library": owner.library if owner else None})

@@ -20,9 +20,10 @@ from .machine import Topology
 _held: list = []  # budgets entered for the life of this worker process
 
 
-def apply_share(share: Plan) -> budget:
-    """Apply one worker's share to this process until it exits."""
-    section = budget(plan=share, pin=share.pin, env=True)
+def apply_share(share: Plan, scope: str = "process") -> budget:
+    """Apply one worker's share to this process until it exits (``scope="host"``:
+    as its share of the host ledger, beside every other participant)."""
+    section = budget(plan=share, pin=share.pin, env=True, scope=scope)
     section.__enter__()
     _held.append(section)
     return section
@@ -42,20 +43,25 @@ def claim_slot(directory: str) -> int:
             slot += 1
 
 
-def _initializer(shares: tuple[Plan, ...], directory: str) -> None:
-    apply_share(shares[claim_slot(directory) % len(shares)])
+def _initializer(shares: tuple[Plan, ...], directory: str, scope: str = "process") -> None:
+    apply_share(shares[claim_slot(directory) % len(shares)], scope)
 
 
 class WorkerBudget:
     """Shares of this machine for ``n_workers`` processes.
 
     ``disjoint=True`` also gives each worker its own CPUs (whole cores), so
-    workers pinned this way never compete for a core.
+    workers pinned this way never compete for a core. ``scope="host"``: each
+    worker also joins the host ledger, so the pool shares the host with
+    every other participant (its disjoint CPUs then come from the ledger).
     """
 
     def __init__(self, n_workers: int, *, mode: str = "throughput", disjoint: bool = False,
-                 topology: Topology | None = None):
+                 topology: Topology | None = None, scope: str = "process"):
         self.n_workers = check_count(n_workers, "n_workers")
+        if scope not in ("process", "host"):
+            raise ValueError(f"scope must be one of process, host, got {scope!r}")
+        self.scope = scope
         topo = topology or current_topology()
         base = make_plan(topo, mode, pin=True if disjoint else None)
         self.shares = base.split(self.n_workers, disjoint=disjoint)
@@ -78,12 +84,12 @@ class WorkerBudget:
         if self._slots is None:
             self._slots = tempfile.mkdtemp(prefix="threadguard-slots-")
             weakref.finalize(self, shutil.rmtree, self._slots, True)
-        return (self.shares, self._slots)
+        return (self.shares, self._slots, self.scope)
 
     def apply(self, slot: int) -> budget:
         """Apply share ``slot`` (taken modulo n) in this process: for hooks
         that know their worker number, such as gunicorn's ``worker.age``."""
-        return apply_share(self.shares[slot % self.n_workers])
+        return apply_share(self.shares[slot % self.n_workers], self.scope)
 
 
 def worker_budget(n_workers: int, **kwargs) -> WorkerBudget:

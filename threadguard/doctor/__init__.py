@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from ..machine import read_topology
 from ..report import Report
-from . import capacity, messages, runtimes, variables
+from . import capacity, ledger, messages, runtimes, variables
 from .findings import CATALOG, RANK, SEVERITIES, Finding, worst  # noqa: F401
 
 
@@ -39,6 +39,8 @@ def diagnose(*, environ=None, topology=None, report=None, shipped=None, stderr: 
     found += variables.check(environ, topology.effective_cpus)
     found += runtimes.check_shipped(shipped, environ, _openvino_version())
     found += capacity.check_machine(topology, environ, host_cpus)
+    if topology.fsroot == "/":
+        found += ledger.check(topology)
     if report is not None:
         found += runtimes.check_loaded(report.runtimes, environ, gomp_provider)
         found += runtimes.check_mixed_pools(report)

@@ -93,6 +93,12 @@ CATALOG: dict[str, Check] = {c.code: c for c in (
     Check("TG501", WARNING, "host-oversubscribed-by-workers",
           "The workers on one host can run more threads (task threads x pool sizes) than the "
           "host has CPUs, even if each worker alone fits."),
+    Check("TG502", WARNING, "host-ledger-oversubscribed",
+          "The participants of the host ledger hold more threads than the CPUs they share "
+          "(each holds at least one), or the ledger cannot be read."),
+    Check("TG503", WARNING, "pools-outside-host-ledger",
+          "Processes run thread pools on a host whose CPUs are shared through the host ledger, "
+          "without taking part: the grants do not count their threads."),
     # the pytest plugin, per test
     Check("TG601", WARNING, "thread-leak",
           "A thread the test started was still alive after it (and its grace period) ended."),

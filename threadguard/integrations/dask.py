@@ -41,16 +41,23 @@ class ThreadGuardPlugin(_Base):
 
     ``workers_per_host`` is filled by ``register(client)`` from the
     scheduler; a worker on a host it does not list counts alone there.
+    ``scope="host"``: the workers share each host through the host ledger
+    instead (``threadguard host``), with whatever else joined it, and
+    follow it as workers come and go; no count is needed.
     """
 
     name = "threadguard"
     idempotent = True
 
-    def __init__(self, workers_per_host: dict[str, int] | None = None, *, disjoint: bool = False):
+    def __init__(self, workers_per_host: dict[str, int] | None = None, *, disjoint: bool = False,
+                 scope: str = "process"):
         if _Base is object:
             raise ImportError("the Dask integration needs distributed: pip install distributed")
+        if scope not in ("process", "host"):
+            raise ValueError(f"scope must be one of process, host, got {scope!r}")
         self.workers_per_host = dict(workers_per_host or {})
         self.disjoint = disjoint
+        self.scope = scope
         self._section = None
 
     def setup(self, worker):
@@ -68,6 +75,15 @@ class ThreadGuardPlugin(_Base):
         set_by_dask = [int(v) for v in nanny.values() if v.strip().isdigit()]
         threads = min([per_task] + set_by_dask)  # never above what Dask's nanny set
         plan = make_plan(topo, threads=threads, pin=True if self.disjoint else None)
+        if self.scope == "host":  # the ledger shares the host: disjoint CPUs come from it
+            self._section = budget(plan=plan, pin=plan.pin, env=True, scope="host")
+            self._section._host_callers = nthreads  # each task thread gets a part
+            self._section.__enter__()
+            worker.threadguard = {"host": host, "scope": "host", "workers_on_host": None,
+                                  "nthreads": nthreads, "share": self._section.threads * nthreads,
+                                  "threads_per_task": self._section.threads,
+                                  "set_by_dask": nanny, "cpus": _pinned(self._section)}
+            return
         if self.disjoint:
             directory = os.path.join("/tmp", f"threadguard-dask-{host}-{os.getppid()}")
             os.makedirs(directory, exist_ok=True)
@@ -85,14 +101,21 @@ class ThreadGuardPlugin(_Base):
             self._section = None
 
 
-def register(client, *, disjoint: bool = False) -> ThreadGuardPlugin:
-    """Register the plugin with every worker (current and future)."""
+def _pinned(section) -> list[int] | None:
+    from ..host import pinned_cpus
+    cpus = pinned_cpus()
+    return list(cpus) if cpus and section.pin else None
+
+
+def register(client, *, disjoint: bool = False, scope: str = "process") -> ThreadGuardPlugin:
+    """Register the plugin with every worker (current and future); with
+    ``scope="host"`` they share each host through its ledger."""
     workers = client.scheduler_info()["workers"]
     per_host: dict[str, int] = {}
     for address in workers:
         host = _host_of(address)
         per_host[host] = per_host.get(host, 0) + 1
-    plugin = ThreadGuardPlugin(per_host, disjoint=disjoint)
+    plugin = ThreadGuardPlugin(per_host, disjoint=disjoint, scope=scope)
     client.register_plugin(plugin)
     return plugin
 
@@ -138,16 +161,17 @@ def cluster_report(client, interval: float = 0.5) -> dict:
             unguarded = [a for a, w in host["workers"].items() if not w["threadguard"]]
             task_threads = sum(max(1, w["nthreads"] or 1) for w in host["workers"].values())
             alone = [a for a, w in host["workers"].items() if w["threadguard"]
+                     and w["threadguard"].get("scope") != "host"
                      and w["threadguard"].get("workers_on_host", 1) < len(host["workers"])]
             if task_threads > host["cpus"] and not unguarded:
                 fix = (f"the workers' own task threads ({task_threads}) exceed the CPUs: start "
                        f"fewer workers or threads (dask worker --nthreads, LocalCluster("
                        f"threads_per_worker=...))")
             elif alone and not unguarded:  # preloaded, each sized as if alone on the host
-                fix = (f"export THREADGUARD_WORKERS_PER_HOST={len(host['workers'])} before "
-                       "starting the workers (dask worker --preload "
-                       "threadguard.integrations.dask), or "
-                       "threadguard.integrations.dask.register(client)")
+                fix = (f"unset THREADGUARD_WORKERS_PER_HOST or set it to "
+                       f"{len(host['workers'])} (dask worker --preload "
+                       "threadguard.integrations.dask shares the host through its ledger "
+                       "without it), or threadguard.integrations.dask.register(client)")
             else:
                 fix = "threadguard.integrations.dask.register(client)"
             findings.append(finding(
@@ -162,9 +186,15 @@ def cluster_report(client, interval: float = 0.5) -> dict:
 
 def dask_setup(worker):
     """``dask worker --preload threadguard.integrations.dask``: the plugin from
-    the worker's own start-up. A preloaded worker cannot ask how many workers
-    share its host: ``THREADGUARD_WORKERS_PER_HOST`` says it (default 1)."""
-    count = os.environ.get("THREADGUARD_WORKERS_PER_HOST", "1")
+    the worker's own start-up. The workers share their host through the host
+    ledger, whoever started them; ``THREADGUARD_WORKERS_PER_HOST=N`` instead
+    gives each a fixed 1/N share (as ``register(client)`` does)."""
+    count = os.environ.get("THREADGUARD_WORKERS_PER_HOST")
+    if not count:
+        plugin = ThreadGuardPlugin(scope="host")
+        plugin.setup(worker)
+        worker._threadguard_plugin = plugin
+        return
     try:
         per_host = max(1, int(count))
     except ValueError:

@@ -1,0 +1,435 @@
+"""The host ledger: independent processes share the CPUs through one file.
+
+Real processes each hold a ``budget(scope="host")`` over NumPy's OpenBLAS;
+the tests read the limit every participant really has (threadpoolctl in
+the participant) as others join, leave, are killed, or lie in the file.
+Each test has its own ledger (``THREADGUARD_LEDGER``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from threadguard import host_file, shares
+
+pytestmark = pytest.mark.live
+
+ROOT = str(Path(__file__).parents[1])
+CPUS = len(os.sched_getaffinity(0))
+
+PARTICIPANT = r"""
+import json, os, sys
+import numpy
+import threadguard
+from threadpoolctl import threadpool_info
+
+def facts(b):
+    blas = [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"]
+    return {"pid": os.getpid(), "blas": blas[0], "threads": b.threads,
+            "affinity": sorted(os.sched_getaffinity(0))}
+
+numpy.ones((64, 64)) @ numpy.ones((64, 64))
+before = facts(threadguard.budget())
+pin = "pin" in sys.argv[1:]
+scope = None if "env-scope" in sys.argv[1:] else "host"
+with threadguard.budget(pin=pin, scope=scope) as b:
+    print(json.dumps(dict(facts(b), before=before,
+                          report=[list(map(str, r)) for r in b.report()])), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "q":
+            break
+        print(json.dumps(facts(b)), flush=True)
+out = facts(threadguard.budget())
+print(json.dumps({"out": out, "restored": (out["blas"], out["affinity"]) ==
+                  (before["blas"], before["affinity"])}), flush=True)
+"""
+
+
+class Participant:
+    """A process inside a host-scoped budget, asked for its facts on demand."""
+
+    def __init__(self, ledger: Path, *args: str, env: dict | None = None):
+        full = dict(os.environ, CI="true", PYTHONPATH=ROOT, THREADGUARD_LEDGER=str(ledger))
+        full.pop("OPENBLAS_NUM_THREADS", None)
+        full.pop("OMP_NUM_THREADS", None)
+        full.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, "-c", PARTICIPANT, *args], env=full,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"participant failed: {self.proc.stderr.read()}")
+        self.first = json.loads(line)
+        self.pid = self.proc.pid
+
+    def ask(self) -> dict:
+        self.proc.stdin.write("q\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def until(self, predicate, timeout: float = 20) -> dict:
+        """Its facts once ``predicate`` holds (the watcher polls; no timing asserted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            facts = self.ask()
+            if predicate(facts) or time.monotonic() > deadline:
+                return facts
+            time.sleep(0.05)
+
+    def leave(self) -> dict:
+        self.proc.stdin.write("x\n")
+        self.proc.stdin.flush()
+        out = json.loads(self.proc.stdout.readline())
+        self.proc.wait(30)
+        return out
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    return tmp_path / "host.ledger"
+
+
+@pytest.fixture
+def participants():
+    started: list[Participant] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def live_pids(ledger) -> list[int]:
+    from threadguard.host import participants as listed
+    return sorted(s.pid for s in listed(str(ledger)))
+
+
+needs_two = pytest.mark.skipif(CPUS < 2, reason="needs 2 allowed CPUs to share")
+
+
+# -- the arithmetic -------------------------------------------------------------------
+
+@given(st.integers(1, 256), st.lists(st.integers(1, 512), min_size=1, max_size=40))
+def test_grants_share_the_cpus_in_proportion(capacity, asks):
+    grants = shares.host_grants(capacity, asks)
+    assert all(1 <= g <= a for g, a in zip(grants, asks))
+    if sum(asks) <= capacity:
+        assert grants == asks
+    else:
+        assert sum(grants) == max(capacity, len(asks))
+        for i in range(len(asks)):  # who asked more never gets less; equal asks, +-1
+            for j in range(len(asks)):
+                if asks[i] > asks[j]:
+                    assert grants[i] >= grants[j]
+                elif asks[i] == asks[j]:
+                    assert abs(grants[i] - grants[j]) <= 1
+
+
+@given(st.lists(st.integers(1, 16), min_size=1, max_size=4),
+       st.lists(st.integers(1, 8), max_size=8))
+def test_pinned_shares_are_disjoint_and_inside_a_node_when_they_fit(node_sizes, sizes):
+    nodes, first = [], 0
+    for n in node_sizes:
+        nodes.append(tuple(range(first, first + n)))
+        first += n
+    sets = shares.host_cpus(nodes, sizes)
+    assert [len(s) for s in sets] == [min(s, first) for s in sizes]
+    if sum(sizes) <= first:
+        flat = [c for s in sets for c in s]
+        assert len(flat) == len(set(flat))  # disjoint
+    free = [len(n) for n in nodes]
+    for size, cpus in zip(sizes, sets):
+        fitting = [i for i, f in enumerate(free) if f >= size]
+        homes = {i for i, n in enumerate(nodes) if set(cpus) & set(n)}
+        if fitting:
+            assert len(homes) == 1
+        for i in homes:
+            free[i] -= len(set(cpus) & set(nodes[i]))
+
+
+# -- real processes ---------------------------------------------------------------------
+
+@needs_two
+def test_join_and_leave_move_the_survivors_limits(ledger, participants):
+    a = Participant(ledger)
+    participants.append(a)
+    assert a.first["blas"] == a.first["before"]["blas"] == CPUS  # alone: everything
+    b = Participant(ledger)
+    participants.append(b)
+    assert b.first["blas"] < CPUS
+    shared = a.until(lambda f: f["blas"] < CPUS)
+    assert shared["blas"] + b.first["blas"] == CPUS  # the CPUs, shared, while A runs
+    b_out = b.leave()
+    assert b_out["restored"]
+    assert a.until(lambda f: f["blas"] == CPUS)["blas"] == CPUS  # B's share came back
+    out = a.leave()
+    assert out["restored"]
+    assert live_pids(ledger) == []
+
+
+@needs_two
+def test_a_killed_participant_is_reclaimed(ledger, participants):
+    a = Participant(ledger)
+    b = Participant(ledger)
+    participants += [a, b]
+    assert a.until(lambda f: f["blas"] < CPUS)["blas"] < CPUS
+    os.kill(b.pid, signal.SIGKILL)
+    b.kill()
+    assert a.until(lambda f: f["blas"] == CPUS)["blas"] == CPUS
+    assert live_pids(ledger) == [a.pid]
+    from threadguard.host_file import read_slots
+    assert [s.pid for s in read_slots(str(ledger))] == [a.pid]  # dropped from the file too
+
+
+def test_a_reused_pid_is_not_trusted(ledger):
+    """A slot naming a live process that started at another time (the pid of
+    a dead participant, reused) is dropped; the live participant's stays."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        f = host_file.LedgerFile(str(ledger))
+        start = host_file.process_start(sleeper.pid)
+        with f:
+            f.write(host_file.Slot(0, sleeper.pid, False, start + 1, time.time(), 2, 2, 2, 2, 0, ()))
+            f.write(host_file.Slot(1, sleeper.pid, False, start, time.time(), 2, 2, 2, 2, 0, ()))
+            assert f.reap()
+            assert [(s.index, s.pid) for s in f.slots()] == [(1, sleeper.pid)]
+        f.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"\0" * 100, b"TGHOST\0\1" + b"\xff" * 70000])
+def test_a_corrupt_or_foreign_ledger_is_rebuilt(ledger, participants, content):
+    ledger.write_bytes(content)
+    a = Participant(ledger)
+    participants.append(a)
+    assert a.first["threads"] >= 1
+    assert any(r[0] == "host ledger" and r[4] == "applied" for r in a.first["report"])
+    assert live_pids(ledger) == [a.pid]
+    assert a.leave()["restored"]
+    assert "rebuilt" in a.proc.stderr.read()
+    assert host_file.read_slots(str(ledger)) == []  # a valid, empty ledger now
+
+
+def test_an_unusable_ledger_falls_back_to_process_scope(tmp_path, participants):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    link = tmp_path / "host.ledger"
+    link.symlink_to(target)
+    a = Participant(link)
+    participants.append(a)
+    skipped = [r for r in a.first["report"] if r[0] == "host ledger"]
+    assert skipped and skipped[0][4] == "skipped" and "link" in skipped[0][6]
+    assert a.first["blas"] == CPUS  # planned alone, as a process-scoped budget
+    out = a.leave()
+    assert out["restored"]
+    assert target.read_bytes() == b""  # nothing written through the link
+    assert "HostLedgerWarning" in a.proc.stderr.read()
+
+
+def test_the_per_user_directory_is_refused_when_not_ours(tmp_path):
+    directory = tmp_path / "threadguard-x"
+    directory.mkdir()
+    os.chown(directory, 65534, 65534) if os.geteuid() == 0 else pytest.skip("needs root to chown")
+    with pytest.raises(host_file.LedgerError, match="another user"):
+        host_file._own_directory(str(directory))
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    with pytest.raises(host_file.LedgerError, match="not a directory"):
+        host_file._own_directory(str(link))
+
+
+@needs_two
+def test_pinned_participants_get_disjoint_cpus(ledger, participants):
+    a = Participant(ledger, "pin")
+    participants.append(a)
+    assert a.first["affinity"] == sorted(os.sched_getaffinity(0))
+    b = Participant(ledger, "pin")
+    participants.append(b)
+    a_now = a.until(lambda f: not set(f["affinity"]) & set(b.first["affinity"]))
+    assert not set(a_now["affinity"]) & set(b.first["affinity"])
+    assert len(a_now["affinity"]) == a_now["blas"] and len(b.first["affinity"]) == b.first["blas"]
+    assert b.leave()["restored"]
+    assert a.until(lambda f: len(f["affinity"]) == CPUS)["affinity"] == sorted(
+        os.sched_getaffinity(0))
+    assert a.leave()["restored"]
+
+
+def test_threadguard_scope_variable_makes_every_budget_host_scoped(ledger, participants):
+    a = Participant(ledger, "env-scope", env={"THREADGUARD_SCOPE": "host"})
+    participants.append(a)
+    assert live_pids(ledger) == [a.pid]
+    bad = subprocess.run([sys.executable, "-c", "import threadguard; threadguard.budget()"],
+                         env=dict(os.environ, PYTHONPATH=ROOT, THREADGUARD_SCOPE="cluster"),
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "THREADGUARD_SCOPE must be one of process, host" in bad.stderr
+
+
+def threadguard_cli(*args, ledger, **kwargs):
+    return subprocess.run([sys.executable, "-m", "threadguard", *args], capture_output=True,
+                          text=True, env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
+                                              THREADGUARD_LEDGER=str(ledger)), **kwargs)
+
+
+def test_host_json_lists_the_participants(ledger, participants):
+    empty = threadguard_cli("host", "--json", ledger=ledger)
+    assert empty.returncode == 0 and json.loads(empty.stdout)["participants"] == []
+    a = Participant(ledger)
+    participants.append(a)
+    snap = json.loads(threadguard_cli("host", "--json", ledger=ledger).stdout)
+    (row,) = snap["participants"]
+    assert row["pid"] == a.pid and "threadguard.budget" in row["command"]
+    assert row["asked"] == CPUS and row["granted"] == a.first["blas"]
+    assert row["cpus"] is None and row["since"]
+    assert snap["capacity"] == CPUS and snap["granted"] == row["granted"]
+    shown = threadguard_cli("host", ledger=ledger)
+    assert str(a.pid) in shown.stdout and shown.returncode == 0
+    ledger.write_bytes(b"not a ledger")
+    a.kill()
+    bad = threadguard_cli("host", ledger=ledger)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "not a threadguard host ledger" in bad.stderr
+
+
+@needs_two
+def test_run_scope_host_gives_a_command_its_share(ledger, participants):
+    a = Participant(ledger)
+    participants.append(a)
+    probe = ("import json, os, subprocess, sys; print(json.dumps({'omp': "
+             "os.environ['OMP_NUM_THREADS'], 'host': json.loads(subprocess.run([sys.executable, "
+             "'-m', 'threadguard', 'host', '--json'], capture_output=True, text=True).stdout)}))")
+    run = threadguard_cli("run", "--scope", "host", "-v", "--", sys.executable, "-c", probe,
+                          ledger=ledger, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    pids = [p["pid"] for p in seen["host"]["participants"]]
+    assert a.pid in pids and len(pids) == 2  # the command holds its share while it runs
+    assert int(seen["omp"]) == CPUS // 2
+    assert "host ledger: granted" in run.stderr
+    assert a.until(lambda f: f["blas"] == CPUS)["blas"] == CPUS  # reclaimed once it ended
+    dry = threadguard_cli("run", "--scope", "host", "--dry-run", "--", "prog", ledger=ledger)
+    assert f"OMP_NUM_THREADS={CPUS // 2}" in dry.stdout
+    assert live_pids(ledger) == [a.pid]  # a dry run only reads the ledger
+
+
+def test_a_forked_child_is_not_its_parents_participant(ledger):
+    code = r"""
+import json, os, threadguard
+from threadguard.host import participants
+with threadguard.budget(scope="host"):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        mine_before = [s.pid for s in participants()]
+        with threadguard.budget(scope="host"):
+            inside = [s.pid for s in participants()]
+        os.write(w, json.dumps([mine_before, inside, os.getpid()]).encode())
+        os._exit(0)
+    os.close(w)
+    data = json.loads(os.read(r, 4096))
+    os.waitpid(pid, 0)
+    print(json.dumps([os.getpid()] + data + [[s.pid for s in participants()]]))
+print(json.dumps([s.pid for s in participants()]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
+                                  THREADGUARD_LEDGER=str(ledger)), timeout=60)
+    assert out.returncode == 0, out.stderr
+    first, last = out.stdout.splitlines()
+    parent, before, inside, child, after = json.loads(first)
+    assert before == [parent]  # the child is not a participant at fork
+    assert sorted(inside) == sorted([parent, child])  # it joins as itself
+    assert after == [parent]  # and left
+    assert json.loads(last) == []
+
+
+@needs_two
+def test_worker_budget_workers_join_the_host_ledger(ledger, participants):
+    a = Participant(ledger)
+    participants.append(a)
+    script = ledger.parent / "pool.py"  # spawn re-imports the main module: a file
+    script.write_text(r"""
+import json, multiprocessing as mp, os, sys
+import threadguard
+from threadguard.host import participants
+
+def facts(_):
+    import numpy, time
+    from threadpoolctl import threadpool_info
+    time.sleep(0.5)  # both workers are in before either answers
+    return os.getpid(), [p["num_threads"] for p in threadpool_info()
+                         if p["internal_api"] == "openblas"][0]
+
+if __name__ == "__main__":
+    wb = threadguard.worker_budget(2, scope="host")
+    with mp.get_context("spawn").Pool(2, initializer=wb.initializer,
+                                      initargs=wb.initargs) as pool:
+        seen = dict(pool.map(facts, range(2), chunksize=1))
+        listed = sorted(s.pid for s in participants())
+    print(json.dumps({"seen": seen, "listed": listed}))
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
+                                               THREADGUARD_LEDGER=str(ledger)))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    workers = {int(pid) for pid in data["seen"]}
+    assert set(data["listed"]) == workers | {a.pid}  # the pool's workers are participants
+    assert all(n == 1 for n in data["seen"].values())
+    assert a.until(lambda f: f["blas"] == CPUS)["blas"] == CPUS  # given back when they exit
+
+
+def test_pytest_plugin_can_share_the_host(ledger, participants, pytester, monkeypatch):
+    monkeypatch.setenv("THREADGUARD_LEDGER", str(ledger))
+    a = Participant(ledger)
+    participants.append(a)
+    pytester.makepyfile(f"""
+        import os
+        from threadguard.host import participants
+
+        def test_inside():
+            assert sorted(s.pid for s in participants()) == sorted([os.getpid(), {a.pid}])
+    """)
+    result = pytester.runpytest_subprocess("--threadguard", "--threadguard-scope", "host", "-p",
+                                           "no:xdist", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    bad = pytester.runpytest_subprocess("--threadguard", "--threadguard-scope", "cluster")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--threadguard-scope must be process or host" in bad.stderr.str()
+
+
+def test_doctor_reports_grants_beyond_the_cpus_and_pools_outside_the_ledger(ledger,
+                                                                            participants):
+    participants += [Participant(ledger) for _ in range(CPUS + 1)]  # one thread each at least
+    outsider = subprocess.Popen(
+        [sys.executable, "-c", "import numpy, sys; numpy.ones((200, 200)) @ numpy.ones((200, 200));"
+                               " sys.stdin.read()"],
+        stdin=subprocess.PIPE, env=dict(os.environ, CI="true", OPENBLAS_NUM_THREADS="2"))
+    try:
+        time.sleep(1)  # its OpenBLAS workers started
+        out = threadguard_cli("doctor", "--json", "--fail-on", "never", ledger=ledger, timeout=120)
+    finally:
+        outsider.stdin.close()
+        outsider.wait(30)
+    assert out.returncode == 0, out.stderr
+    found = {f["code"]: f for f in json.loads(out.stdout)["findings"]}
+    assert f"{CPUS + 1} participants" in found["TG502"]["title"]
+    assert {f"pid {p.pid}" for p in participants} == {
+        line.split(":")[0] for line in found["TG502"]["evidence"]}
+    assert any(line.startswith(f"pid {outsider.pid}:") and "openblas" in line
+               for line in found["TG503"]["evidence"])
+    assert not any(line.startswith(f"pid {p.pid}:") for p in participants
+                   for line in found["TG503"]["evidence"])  # participants are not outside
