@@ -433,3 +433,22 @@ def test_doctor_reports_grants_beyond_the_cpus_and_pools_outside_the_ledger(ledg
                for line in found["TG503"]["evidence"])
     assert not any(line.startswith(f"pid {p.pid}:") for p in participants
                    for line in found["TG503"]["evidence"])  # participants are not outside
+
+
+def test_a_participant_stopped_holding_the_lock_hangs_no_one(ledger, participants):
+    """The file's lock held for good (a participant stopped under SIGSTOP, a
+    debugger): joining gives up after a bounded wait, with a warning, and
+    the budget applies to the process alone."""
+    import fcntl
+    host_file.LedgerFile(str(ledger)).close()  # a valid ledger
+    with open(ledger, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        a = Participant(ledger)
+        participants.append(a)
+        skipped = [r for r in a.first["report"] if r[0] == "host ledger"]
+        assert skipped[0][4] == "skipped" and "locked by another process" in skipped[0][6]
+        assert a.first["blas"] == CPUS
+    assert a.leave()["restored"]
+    b = Participant(ledger)  # the lock is free again: it joins
+    participants.append(b)
+    assert live_pids(ledger) == [b.pid]

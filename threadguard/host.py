@@ -46,6 +46,7 @@ class _Member:
         self.machine: tuple = ()  # (capacity, host CPUs, cgroup, nodes' CPUs)
         self.start: float | None = None
         self.callers = 1  # threads of this process that call its pools at once (Dask tasks)
+        self.stale: int | None = None  # a slot left while the file could not be locked
 
 
 _member = _Member()
@@ -113,6 +114,11 @@ def hold(asked: int, pin: bool, topology: Callable, *, follow: bool = True,
                 _update()
         except BaseException:
             _drop_hold(asked, pin)
+            if not m.asks and m.index is not None:  # joined, then interrupted: leave again
+                try:
+                    _leave()
+                except Exception:
+                    pass
             raise
         return grant()
 
@@ -167,11 +173,12 @@ def _join(topology, follow: bool = True) -> None:
         m.start = process_start(os.getpid()) or -1.0
     capacity, host_cpus, cgroup, _ = m.machine
     with m.file as f:
+        _clear_stale(f)
         f.reap()
         index = f.free_index({s.index for s in f.slots()})
+        m.index = index  # first: an interrupted join is left again (hold)
         f.write(Slot(index, os.getpid(), m.pins > 0, m.start, time.time(),
                      _current_slot_ask(), capacity, host_cpus, 0, cgroup, ()))
-        m.index = index
         _rebalance(f, m.machine[3])
         _follow(f)
     if follow:
@@ -208,11 +215,21 @@ def _leave() -> None:
     m.ask, m.callers = 0, 1
     if index is None or m.file is None:
         return
+    m.stale = index  # until the file says so: the watcher retries
     with m.file as f:
-        mine = next((s for s in f.slots() if s.index == index), None)
-        if mine is not None and mine.pid == os.getpid():
-            f.clear(index)
+        _clear_stale(f)
         _rebalance(f, m.machine[3])
+
+
+def _clear_stale(f: LedgerFile) -> None:
+    """Clear the slot this process left while the file could not be locked
+    (the lock is held)."""
+    m = _member
+    if m.stale is not None:
+        mine = next((s for s in f.slots() if s.index == m.stale), None)
+        if mine is not None and mine.pid == os.getpid():
+            f.clear(m.stale)
+        m.stale = None
 
 
 def _leave_at_exit() -> None:
@@ -280,6 +297,10 @@ def _watch(stop: threading.Event) -> None:
                 m = _member
                 if m.stop is not stop:  # another watcher took over (fork)
                     return
+                if m.stale is not None and m.file is not None:  # a leave to finish
+                    with m.file as f:
+                        _clear_stale(f)
+                        _rebalance(f, m.machine[3])
                 if m.index is None or m.file is None:  # left: a join may come back soon
                     idle_since = idle_since or time.monotonic()
                     if time.monotonic() - idle_since > LINGER:
@@ -320,6 +341,7 @@ def _after_fork_in_child() -> None:
         except OSError:
             pass
     m.file, m.index, m.stop, m.start, m.seen, m.ask = None, None, None, None, 0, 0
+    m.stale = None
     if m.asks:
         m.asks.clear()
         m.pins = 0

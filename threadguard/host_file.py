@@ -47,6 +47,7 @@ BITMAP_SIZE = MAX_PINNED_CPU // 8
 SIZE = HEADER_SIZE + SLOTS * SLOT_SIZE
 
 USED, PINNED = 1, 2
+LOCK_WAIT = 2.0  # seconds a writer waits for the file's lock before giving up
 
 
 class LedgerError(OSError):
@@ -154,7 +155,7 @@ class LedgerFile:
             if not explicit and info.st_uid != os.getuid():
                 raise LedgerError(f"{self.path}: owned by another user")
             import fcntl
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _flock(fd, self.path)
             try:
                 if info.st_size != SIZE or not self._valid(fd):
                     if info.st_size:
@@ -189,10 +190,9 @@ class LedgerFile:
 
     # -- locking -------------------------------------------------------------
     def __enter__(self) -> "LedgerFile":
-        import fcntl
         self.lock.acquire()
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            _flock(self.fd, self.path)
         except BaseException:
             self.lock.release()
             raise
@@ -269,6 +269,31 @@ class LedgerFile:
                 self.clear(slot.index)
                 dropped = True
         return dropped
+
+
+def _flock(fd: int, path: str) -> None:
+    """The file's exclusive lock, waited for at most LOCK_WAIT seconds: a
+    participant stopped (SIGSTOP, a debugger) while holding it must not hang
+    every other one. Raises LedgerError when it cannot be had."""
+    import fcntl
+    import time
+    deadline, delay = None, 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError as err:  # no locks on this filesystem
+            raise LedgerError(f"{path}: cannot lock: {err.strerror}") from None
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + LOCK_WAIT
+        elif now > deadline:
+            raise LedgerError(f"{path}: locked by another process for over {LOCK_WAIT:g} s "
+                              "(stopped?)")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _own_directory(directory: str) -> None:
