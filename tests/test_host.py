@@ -452,3 +452,45 @@ def test_a_participant_stopped_holding_the_lock_hangs_no_one(ledger, participant
     b = Participant(ledger)  # the lock is free again: it joins
     participants.append(b)
     assert live_pids(ledger) == [b.pid]
+
+
+@needs_two
+def test_a_python_command_under_run_follows_its_share_while_it_runs(ledger, participants):
+    """run --scope host takes a slot and execs the command; a Python command
+    takes that slot over (one participant, its own pid) and its OpenBLAS
+    follows when another participant joins and leaves."""
+    probe = r"""
+import json, os, sys, time
+import numpy
+from threadpoolctl import threadpool_info
+from threadguard.host import participants
+
+def blas():
+    return [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"][0]
+
+numpy.ones((64, 64)) @ numpy.ones((64, 64))
+print(json.dumps({"start": blas(), "slots": [s.pid for s in participants()]}), flush=True)
+seen = [blas()]
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline and not (1 in seen and seen[-1] == seen[0]):
+    if blas() != seen[-1]:
+        seen.append(blas())
+    time.sleep(0.05)
+print(json.dumps({"seen": seen}), flush=True)
+"""
+    env = dict(os.environ, CI="true", PYTHONPATH=ROOT, THREADGUARD_LEDGER=str(ledger))
+    run = subprocess.Popen([sys.executable, "-m", "threadguard", "run", "--scope", "host", "--",
+                            sys.executable, "-c", probe], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(run.stdout.readline())
+        assert first["start"] == CPUS and first["slots"] == [run.pid]  # run's slot, taken over
+        a = Participant(ledger)
+        participants.append(a)
+        a.until(lambda f: f["blas"] < CPUS)
+        assert a.leave()["restored"]
+        seen = json.loads(run.stdout.readline())["seen"]
+        assert seen == [CPUS, CPUS // 2, CPUS]  # shared while A was in, then whole again
+    finally:
+        run.kill()
+        run.wait(30)

@@ -313,12 +313,16 @@ def _host_changed() -> None:
     """The watcher saw this process's grant or CPUs move: the process-wide
     limits and the affinity follow now; thread limits at each thread's next entry."""
     led = _ledger
+    try:  # libraries loaded since the last entry are followed too
+        process_limiters = _registry.current()[0]
+    except Exception:
+        process_limiters = _registry.split[0]
     with led.lock:
         led.busy = _get_ident()
         try:
             led.host_cap = _host.grant()
             if led.stacks:
-                _sync_process(_registry.split[0], None)
+                _sync_process(process_limiters, None)
                 if led.pinned_to is not None:
                     _sync_affinity(None)
         finally:

@@ -175,7 +175,11 @@ def _join(topology, follow: bool = True) -> None:
     with m.file as f:
         _clear_stale(f)
         f.reap()
-        index = f.free_index({s.index for s in f.slots()})
+        slots = f.slots()
+        # A slot of this very process (pid and start time): the one run
+        # --scope host took before it became this program by exec.
+        held = next((s.index for s in slots if s.pid == os.getpid() and s.start == m.start), None)
+        index = held if held is not None else f.free_index({s.index for s in slots})
         m.index = index  # first: an interrupted join is left again (hold)
         f.write(Slot(index, os.getpid(), m.pins > 0, m.start, time.time(),
                      _current_slot_ask(), capacity, host_cpus, 0, cgroup, ()))

@@ -229,6 +229,10 @@ def launch(cmd: list[str], *, dry_run: bool = False, instances=0, scope: str = "
         options["plan"] = host_plans((base,), topo, dry_run=dry_run,
                                      verbose=options.get("verbose", False))[0]
     plan, env, cmd = prepare(cmd, warn=warn, note=_note, **options)
+    if scope == "host" and STARTUP_DIR in env.get("PYTHONPATH", "").split(os.pathsep):
+        # A Python command follows its share while it runs: the hook takes
+        # over this slot (exec keeps the pid and its start time).
+        env["THREADGUARD_HOST_FOLLOW"] = f"{os.getpid()}:{base.threads}"
     if dry_run:
         print(shell_line(cmd, plan, env))
         return 0

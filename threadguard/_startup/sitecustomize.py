@@ -9,8 +9,15 @@ sets ``PERFORMANCE_HINT`` itself keeps the streams its hint chooses; only
 the thread count is added. ``THREADGUARD_VERBOSE=1``: say what was done, on
 stderr.
 
+``run --scope host`` also sets ``THREADGUARD_HOST_FOLLOW=PID:THREADS``: the
+program with that pid (the command itself, which ``run`` became by exec;
+not its children) enters a host-scoped budget for its whole life, taking
+over the ledger slot ``run`` held for it, so its pools follow its share as
+other participants come and go.
+
 Self-contained on purpose: it runs in programs that may not have
-threadguard installed, and it imports nothing until openvino is imported.
+threadguard installed, and it imports nothing until openvino is imported
+(or, with ``--scope host``, threadguard itself when it can be imported).
 The ``sitecustomize`` this one shadows (if any) is run after it.
 """
 
@@ -157,6 +164,26 @@ def _install():
         sys.meta_path.insert(0, _AfterImport(text))
 
 
+_held = []  # the host-scoped section the program runs in (--scope host)
+
+
+def _follow_host():
+    spec = os.environ.get("THREADGUARD_HOST_FOLLOW", "")
+    pid, _, threads = spec.partition(":")
+    if pid != str(os.getpid()) or not threads.isdigit():
+        return  # not run --scope host, or a child of the command: sized at its start
+    try:
+        import threadguard
+    except ImportError:
+        _say("threadguard cannot be imported by this interpreter: the command keeps the "
+             "share it started with")
+        return
+    section = threadguard.budget(int(threads), scope="host", allow_oversubscription=True)
+    section.__enter__()
+    _held.append(section)
+    _say(f"following the host ledger: {section.threads} threads now")
+
+
 def _chain():
     """Run the sitecustomize this one shadows, as Python would have."""
     import importlib.machinery
@@ -172,6 +199,7 @@ def _chain():
 
 try:
     _install()
+    _follow_host()
 except Exception as _err:  # never break the program
     _say(f"start-up hook failed: {_err!r}")
 _chain()
