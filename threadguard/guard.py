@@ -167,7 +167,7 @@ class _Entry:
     """One entry of a budget section, in one thread."""
 
     __slots__ = ("section", "thread", "want", "capacity", "thread_grant", "pin",
-                 "memory_nodes", "env", "applied", "site", "host_ask")
+                 "memory_nodes", "env", "applied", "site")
 
     def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None,
                  thread_grant=0):
@@ -179,10 +179,21 @@ class _Entry:
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
         self.thread_grant = thread_grant
         self.applied: list = []
-        self.host_ask = 0  # what it asked of the host ledger (0: process scope)
 
     def top(self) -> _shares.Top:
         return _shares.Top(self.want, self.capacity, self.thread_grant)
+
+    host_ask = 0  # what it asked of the host ledger: process-scoped entries never do
+
+
+class _HostEntry(_Entry):
+    """An entry of a host-scoped section: it may hold part of the host."""
+
+    __slots__ = ("host_ask",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.host_ask = 0
 
 
 class _Ledger:
@@ -270,7 +281,8 @@ def _after_fork_in_child() -> None:
     new.affinity_saved, new.pinned_to = old.affinity_saved, old.pinned_to
     new.pin_dirty = old.pin_dirty
     for entry in new.stacks.get(me, ()):  # the child is not its parent's participant
-        entry.host_ask = 0
+        if type(entry) is _HostEntry:
+            entry.host_ask = 0
     if me in old.owners:
         new.owners[me] = old.owners[me]
     new.plain = False
@@ -297,6 +309,9 @@ class HostLedgerWarning(UserWarning):
 
 SCOPES = ("process", "host")
 _SCOPE_VAR = _env.Variable("THREADGUARD_SCOPE")
+# One dict lookup per budget object: the environment's own mapping where it can be had.
+_scope_in_environ, _SCOPE_KEY = ((_env._data.get, _SCOPE_VAR.key) if _env._fast
+                                 else (os.environ.get, "THREADGUARD_SCOPE"))
 
 
 def _default_scope() -> str:
@@ -381,11 +396,12 @@ class budget:
                  pin: bool | None = False, socket: int | None = None, env: bool = False,
                  allow_oversubscription: bool = False, topology: Topology | None = None,
                  plan: Plan | None = None, scope: str | None = None):
-        if scope is None:
-            scope = _default_scope() if _SCOPE_VAR.get_raw() else "process"
-        elif scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-        self.scope = scope
+        if scope is not None or _scope_in_environ(_SCOPE_KEY):  # else the class's "process"
+            if scope is None:
+                scope = _default_scope()
+            elif scope not in SCOPES:
+                raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+            self.scope = scope
         if threads is not None and (type(threads) is not int or not 0 < threads <= MAX_THREADS):
             check_count(threads, upper=MAX_THREADS)  # raises, naming the valid range
         self.requested = threads
@@ -393,6 +409,8 @@ class budget:
         self.pin = pin
         self.socket = socket
         self.env = bool(env)
+        if env or self.scope == "host":  # never the lone way (exports, or the host's part)
+            self._apart = True
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
         self._plan: Plan | None = plan
@@ -409,6 +427,8 @@ class budget:
         if socket is not None:  # validate now: bad input fails at the call site
             make_plan(topology or current_topology(), mode, socket=socket)
 
+    scope = "process"  # or "host": share the host through its ledger (set per object)
+    _apart = False  # True: entries take the general way (env=True, or host scope)
     _last_applied: list | tuple = ()  # the last entry's report rows (no cycle to the entry)
     # Host scope: threads that call this process's pools at once (a Dask
     # worker's task threads); its ask counts them all, each gets a part.
@@ -482,15 +502,15 @@ class budget:
         # Only a with statement's entry may be judged by where it was made.
         site = (caller, lasti) if caller.f_code.co_code[lasti] in _WITH_OPCODES else None
         del caller
-        if not (_ledger.stacks or plan.pin or self.env or _ledger.busy == ident
-                or self.scope == "host"):
+        if not (_ledger.stacks or plan.pin or self._apart or _ledger.busy == ident):
             if self._enter_alone(plan, ident, site):
                 return self
+        kind = _HostEntry if self.scope == "host" else _Entry
         if plan.pin:
-            entry = _Entry(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
-                           tuple(plan.memory_nodes or ()), self.env, site)
+            entry = kind(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
+                         tuple(plan.memory_nodes or ()), self.env, site)
         else:
-            entry = _Entry(self, ident, plan.threads, self._capacity, None, (), self.env, site)
+            entry = kind(self, ident, plan.threads, self._capacity, None, (), self.env, site)
         led = _ledger
         if led.busy == ident:  # a signal handler or finalizer, while this thread is inside
             entry.applied.append(Applied("budget", PROCESS, None, None, "skipped", None,
