@@ -187,12 +187,13 @@ class _Entry:
 
 
 class _HostEntry(_Entry):
-    """An entry of a host-scoped section: it may hold part of the host."""
+    """An entry of a host-scoped section that holds part of the host (a
+    nested one its thread's enclosing section covers is a plain entry)."""
 
     __slots__ = ("host_ask",)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args):
+        _Entry.__init__(self, *args)
         self.host_ask = 0
 
 
@@ -411,6 +412,8 @@ class budget:
         self.env = bool(env)
         if env or self.scope == "host":  # never the lone way (exports, or the host's part)
             self._apart = True
+            # A given topology is not this machine's: nothing to share with its host.
+            self._joins = self.scope == "host" and topology is None
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
         self._plan: Plan | None = plan
@@ -429,6 +432,7 @@ class budget:
 
     scope = "process"  # or "host": share the host through its ledger (set per object)
     _apart = False  # True: entries take the general way (env=True, or host scope)
+    _joins = False  # True: entries take part in the host ledger
     _last_applied: list | tuple = ()  # the last entry's report rows (no cycle to the entry)
     # Host scope: threads that call this process's pools at once (a Dask
     # worker's task threads); its ask counts them all, each gets a part.
@@ -505,13 +509,21 @@ class budget:
         if not (_ledger.stacks or plan.pin or self._apart or _ledger.busy == ident):
             if self._enter_alone(plan, ident, site):
                 return self
-        kind = _HostEntry if self.scope == "host" else _Entry
+        kind = _Entry
+        led = _ledger
+        if self._joins:
+            stack = led.stacks.get(ident)
+            top = stack[-1] if stack else None
+            # Inside this thread's host-scoped section that covers it: no
+            # change in membership, nothing to hold (report() tells the grant).
+            if not (top and top.host_ask and plan.threads <= top.host_ask
+                    and (top.pin is not None or not plan.pin)):
+                kind = _HostEntry
         if plan.pin:
             entry = kind(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
                          tuple(plan.memory_nodes or ()), self.env, site)
         else:
             entry = kind(self, ident, plan.threads, self._capacity, None, (), self.env, site)
-        led = _ledger
         if led.busy == ident:  # a signal handler or finalizer, while this thread is inside
             entry.applied.append(Applied("budget", PROCESS, None, None, "skipped", None,
                                          "entered from a signal handler or finalizer while "
@@ -522,14 +534,8 @@ class budget:
             self._inert[ident] = self._inert.get(ident, 0) + 1
             return self
         try:
-            if self.scope == "host" and self._topology is None:
-                stack = led.stacks.get(ident)
-                top = stack[-1] if stack else None
-                # Inside this thread's host-scoped section that covers it: no
-                # change in membership, nothing to hold (report() tells the grant).
-                if not (top and top.host_ask and plan.threads <= top.host_ask
-                        and (top.pin is not None or not plan.pin)):
-                    _join_host(entry, plan)
+            if kind is _HostEntry:
+                _join_host(entry, plan)
             process_limiters, thread_limiters = _registry.current()
             # A thread's own originals first: a process-wide setter may touch
             # them (torch.set_num_threads sets this thread's OpenMP limit).
