@@ -70,7 +70,7 @@ def snapshot(workers) -> dict:
         "mempolicy": [w.call(lambda _: numa.get_mempolicy()) for w in workers],
         "sections": guard.sections_inside(),
         # Host-scoped sections held, and this process's slots in the host ledger.
-        "host_holds": dict(host._member.asks),
+        "host_holds": dict(host._member.holds),
         "host_slots": [s.index for s in host.participants() if s.pid == os.getpid()],
     }
 

@@ -183,18 +183,18 @@ class _Entry:
     def top(self) -> _shares.Top:
         return _shares.Top(self.want, self.capacity, self.thread_grant)
 
-    host_ask = 0  # what it asked of the host ledger: process-scoped entries never do
+    host_token = 0  # its hold in the host ledger: process-scoped entries have none
 
 
 class _HostEntry(_Entry):
     """An entry of a host-scoped section that holds part of the host (a
     nested one its thread's enclosing section covers is a plain entry)."""
 
-    __slots__ = ("host_ask",)
+    __slots__ = ("host_token",)
 
     def __init__(self, *args):
         _Entry.__init__(self, *args)
-        self.host_ask = 0
+        self.host_token = 0
 
 
 class _Ledger:
@@ -281,9 +281,12 @@ def _after_fork_in_child() -> None:
     new.env_dirty, new.natural_keys = old.env_dirty, set(old.natural_keys)
     new.affinity_saved, new.pinned_to = old.affinity_saved, old.pinned_to
     new.pin_dirty = old.pin_dirty
-    for entry in new.stacks.get(me, ()):  # the child is not its parent's participant
+    # The child is not its parent's participant: its inherited sections keep
+    # the grant the parent had at fork; it joins as itself at its next entry.
+    for entry in new.stacks.get(me, ()):
         if type(entry) is _HostEntry:
-            entry.host_ask = 0
+            entry.host_token = 0
+    new.host_cap = old.host_cap if new.stacks else None
     if me in old.owners:
         new.owners[me] = old.owners[me]
     new.plain = False
@@ -316,13 +319,21 @@ _scope_in_environ, _SCOPE_KEY = ((_env._data.get, _SCOPE_VAR.key) if _env._fast
 
 
 def _default_scope() -> str:
+    """``THREADGUARD_SCOPE``; a value that is neither is warned about once
+    and read as ``process``: a setting of the environment must not break
+    the program's every budget."""
     raw = _SCOPE_VAR.get_raw()
     if not raw:
         return "process"
     value = os.fsdecode(raw) if isinstance(raw, bytes) else raw
-    if value not in SCOPES:
-        raise ValueError(f"THREADGUARD_SCOPE must be one of {', '.join(SCOPES)}, got {value!r}")
-    return value
+    scope = value.strip().lower()
+    if scope in SCOPES:
+        return scope
+    if value not in _host_warned:
+        _host_warned.add(value)
+        warnings.warn(f"threadguard: THREADGUARD_SCOPE must be one of {', '.join(SCOPES)}, got "
+                      f"{value!r}: budgets are process-scoped", HostLedgerWarning, stacklevel=4)
+    return "process"
 
 
 def _host_changed() -> None:
@@ -354,9 +365,15 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
     the file's lock may wait for another process)."""
     callers = entry.section._host_callers
     asked = max(1, min(plan.threads * callers, entry.capacity))
+    stack = _ledger.stacks.get(entry.thread)
+    if stack:  # nested: never more than the enclosing section lets it use
+        asked = min(asked, stack[-1].want * callers)
+    # The token first: an entry interrupted during hold() gives it back on its way out.
+    token = entry.host_token = _host.new_token()
     try:
-        grant = _host.hold(asked, bool(plan.pin), current_topology, callers=callers)
+        grant = _host.hold(token, asked, bool(plan.pin), current_topology, callers=callers)
     except (OSError, ValueError) as err:
+        entry.host_token = 0
         reason = str(err)
         if reason not in _host_warned:
             _host_warned.add(reason)
@@ -364,17 +381,18 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
                           "covers this process only", HostLedgerWarning, stacklevel=4)
         entry.applied.append(Applied("host ledger", PROCESS, None, None, "skipped", None, reason))
         return
-    entry.host_ask = asked
     _ledger.host_cap = grant
     entry.applied.append(_new_row(Applied, ("host ledger", PROCESS, asked, grant, "applied",
                                             _host.path(), "asked, granted")))
 
 
 def _release_host(entry: _Entry) -> None:
-    """Give the entry's part of the host back (safe to repeat)."""
-    asked, entry.host_ask = entry.host_ask, 0
-    if asked:
-        _host.release(asked, entry.pin is not None)
+    """Give the entry's part of the host back. Safe to repeat: a token given
+    back twice counts once, so the token is forgotten only once it is back."""
+    token = entry.host_token
+    if token:
+        _host.release(token)
+        entry.host_token = 0
         _ledger.host_cap = _host.grant()
 
 
@@ -512,13 +530,16 @@ class budget:
         kind = _Entry
         led = _ledger
         if self._joins:
-            stack = led.stacks.get(ident)
-            top = stack[-1] if stack else None
-            # Inside this thread's host-scoped section that covers it: no
-            # change in membership, nothing to hold (report() tells the grant).
-            if not (top and top.host_ask and plan.threads <= top.host_ask
-                    and (top.pin is not None or not plan.pin)):
-                kind = _HostEntry
+            # Inside a host-scoped section of this thread that holds part of
+            # the host (and pins, if this one does): a nested section never
+            # uses more than it, so no change in membership, nothing to hold
+            # (report() tells the grant).
+            kind = _HostEntry
+            for outer in reversed(led.stacks.get(ident) or ()):
+                if outer.host_token:
+                    if outer.pin is not None or not plan.pin:
+                        kind = _Entry
+                    break
         if plan.pin:
             entry = kind(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
                          tuple(plan.memory_nodes or ()), self.env, site)
@@ -832,7 +853,7 @@ def _leave(entry: _Entry) -> None:
     pending = None
     for _ in range(3):
         try:
-            if entry.host_ask:
+            if entry.host_token:
                 _release_host(entry)
             _remove_and_sync(entry)
             break
@@ -911,6 +932,7 @@ def _sync_after_exit(entry: _Entry, me: int, limiters) -> None:
     if led.pinned_to is not None:
         _sync_affinity(None)
     if not stacks:  # all back: what loads from now on reads the user's values
+        led.host_cap = _host.grant()  # a forked child's inherited grant ends here
         led.env_dirty = led.pin_dirty = False
         led.natural_keys.clear()
         led.plain = led.clean()

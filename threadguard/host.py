@@ -1,13 +1,20 @@
 """This process in the host ledger: joining, leaving, following the grants.
 
-A process takes part while at least one host-scoped budget section is
-inside (any thread); it asks for the most any of them asked. Whoever
-changes the membership (a join, a leave, a dead participant dropped)
-recomputes every grant and every pinned participant's CPUs under the file's
-lock and writes them to the file (``threadguard.shares`` holds the
-arithmetic); every participant's watcher thread sees the generation move
-and makes its process follow its grant. The watcher also drops dead
-participants, so a SIGKILLed one is reclaimed within a second.
+A process takes part while at least one host-scoped budget section holds
+part of the host (any thread); it asks for the most any of them asked.
+Whoever changes the membership (a join, a leave, a dead participant
+dropped) recomputes every grant and every pinned participant's CPUs under
+the file's lock and writes them to the file (``threadguard.shares`` holds
+the arithmetic); every participant's watcher thread sees the generation
+move and makes its process follow its grant. The watcher also drops dead
+participants, so a SIGKILLed one is reclaimed within a second, and finds
+the ledger again when its file was deleted or replaced.
+
+Each hold is a numbered token: giving one back twice is harmless, so an
+exit interrupted by a signal and tried again never gives back another
+section's part. What the file should say follows from the holds
+(``_settle``), and is made true again by the next call or the watcher when
+a write was interrupted.
 
 The guard (``threadguard.guard``) registers ``on_change``; this module
 never imports it.
@@ -16,18 +23,21 @@ never imports it.
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import threading
 import time
 from typing import Callable, Sequence
 
 from . import shares as _shares
-from .host_file import LedgerError, LedgerFile, Slot, cgroup_key, ledger_path, process_start
+from .host_file import (LedgerError, LedgerFile, Slot, cgroup_key, ledger_path, parse_slots,
+                        process_start)
 
 POLL = 0.2  # seconds between looks at the generation
 REAP = 0.4  # seconds between liveness checks of the others
 LINGER = 2.0  # seconds the watcher waits for a new join before it ends
 WATCHER_NAME = "threadguard-host"
+_tokens = itertools.count(1)
 
 
 class _Member:
@@ -35,10 +45,10 @@ class _Member:
 
     def __init__(self):
         self.file: LedgerFile | None = None
-        self.index: int | None = None
-        self.asks: dict[int, int] = {}  # asked -> sections holding it
-        self.ask = 0  # what the file holds as this process's ask: max(asks)
-        self.pins = 0  # sections holding a pinned share
+        self.index: int | None = None  # our slot, while the file holds one
+        self.holds: dict[int, tuple[int, bool]] = {}  # token -> (asked, pinned)
+        self.ask = 0  # what the file holds as this process's ask
+        self.pinned = False  # what the file holds: pinned or not
         self.grant: int | None = None
         self.cpus: tuple[int, ...] | None = None
         self.seen = 0  # the generation last followed
@@ -46,7 +56,7 @@ class _Member:
         self.machine: tuple = ()  # (capacity, host CPUs, cgroup, nodes' CPUs)
         self.start: float | None = None
         self.callers = 1  # threads of this process that call its pools at once (Dask tasks)
-        self.stale: int | None = None  # a slot left while the file could not be locked
+        self.follow = True  # a watcher follows the grants (not for run, which execs)
 
 
 _member = _Member()
@@ -66,13 +76,17 @@ def grant() -> int | None:
 def pinned_cpus() -> tuple[int, ...] | None:
     """The CPUs the ledger gave this process's pinned sections, if any."""
     m = _member
-    return m.cpus if m.index is not None and m.pins else None
+    return m.cpus if m.index is not None and m.pinned else None
+
+
+def path() -> str | None:
+    """The ledger file this process uses (None before its first join)."""
+    return _member.file.path if _member.file is not None else None
 
 
 def machine_facts(topology) -> tuple:
     """What the ledger needs of this process's machine."""
     allowed = set(topology.allowed_cpus)
-    firsts, rest = [], []
     nodes = []
     for node in topology.numa_nodes or ():
         cpus = [c for c in node.cpus if c in allowed]
@@ -81,175 +95,156 @@ def machine_facts(topology) -> tuple:
         first = sorted(core.cpus[0] for core in topology.cores if core.cpus and core.cpus[0] in cpus)
         nodes.append(tuple(first + [c for c in cpus if c not in first]))
     if not nodes:
-        firsts = sorted(allowed)
-        nodes.append(tuple(firsts + rest))
+        nodes.append(tuple(sorted(allowed)))
     host_cpus = len(topology.online_cpus) or len(allowed)
     return (topology.effective_cpus, host_cpus,
             cgroup_key(topology.cgroup_path, topology.allowed_cpus), tuple(nodes))
 
 
-def hold(asked: int, pin: bool, topology: Callable, *, follow: bool = True,
+def new_token() -> int:
+    return next(_tokens)
+
+
+def hold(token: int, asked: int, pin: bool, topology: Callable, *, follow: bool = True,
          callers: int = 1) -> int:
-    """A host-scoped section enters: join (or raise this process's ask).
-    ``topology()`` gives this process's topology, read only to join.
-    ``follow=False``: no watcher (``run`` holds a share for a command it
-    execs: the slot stays the command's, same pid, same start time).
-    ``callers``: threads that call the process's pools at once, each
+    """A host-scoped section enters with ``token``: join (or raise this
+    process's ask). ``topology()`` gives this process's topology, read only
+    to join. ``follow=False``: no watcher (``run`` holds a share for a
+    command it execs: the slot stays the command's, same pid, same start
+    time). ``callers``: threads that call the process's pools at once, each
     getting an equal part of the grant (``asked`` counts them all).
-    Returns ``grant()``. Raises LedgerError when the ledger cannot be used."""
+    Returns ``grant()``. Raises LedgerError when the ledger cannot be used
+    (nothing is then held)."""
     with _lock:
         m = _member
         if callers > m.callers:
             m.callers = callers
-        if m.index is not None and asked <= m.ask and (m.pins or not pin):
-            m.asks[asked] = m.asks.get(asked, 0) + 1  # no change in membership
-            m.pins += pin
-            return grant()
-        m.asks[asked] = m.asks.get(asked, 0) + 1
-        m.pins += bool(pin)
+        m.holds[token] = (asked, bool(pin))
+        if m.index is not None and asked <= m.ask and (m.pinned or not pin):
+            return grant()  # no change in membership
         try:
-            if m.index is None:
-                _join(topology(), follow)
-            else:
-                _update()
+            if m.index is None and not m.machine:
+                m.machine = machine_facts(topology())
+            m.follow = m.follow and follow
+            _settle()
         except BaseException:
-            _drop_hold(asked, pin)
-            if not m.asks and m.index is not None:  # joined, then interrupted: leave again
-                try:
-                    _leave()
-                except Exception:
-                    pass
+            m.holds.pop(token, None)
+            try:
+                _settle()
+            except Exception:  # the watcher settles it later
+                pass
             raise
+        if m.index is None:
+            raise LedgerError("the host ledger could not be joined")
         return grant()
 
 
-def path() -> str | None:
-    """The ledger file this process uses (None before its first join)."""
-    return _member.file.path if _member.file is not None else None
-
-
-def release(asked: int, pin: bool) -> None:
-    """A host-scoped section leaves: leave the ledger with the last one."""
+def release(token: int) -> None:
+    """A host-scoped section leaves: give its hold back (once: a token given
+    back again is ignored) and leave the ledger with the last one. A write
+    interrupted by a signal is finished first; the signal's exception then
+    goes on."""
     with _lock:
-        m = _member
-        if not _drop_hold(asked, pin):
+        if _member.holds.pop(token, None) is None:
             return
-        if m.index is None:
-            return
-        try:
-            if not m.asks:
-                _leave()
-            elif (asked == m.ask and asked not in m.asks) or (pin and not m.pins):
-                _update()
-        except (OSError, ValueError):  # the ledger went away: nothing to give back
-            pass
+        pending = None
+        for _ in range(3):
+            try:
+                _settle()
+                break
+            except (OSError, ValueError):  # the ledger went away: the watcher tries again
+                break
+            except BaseException as err:
+                pending = pending or err
+        if pending is not None:
+            raise pending
 
 
-def _drop_hold(asked: int, pin: bool) -> bool:
+def _wanted() -> tuple[int, bool]:
+    holds = _member.holds.values()
+    return max((a for a, _ in holds), default=0), any(p for _, p in holds)
+
+
+def _settle() -> None:
+    """Make the file say what the holds want: joined with their ask, or not
+    in it at all (``_lock`` is held)."""
     m = _member
-    count = m.asks.get(asked)
-    if not count:
-        return False
-    if count == 1:
-        del m.asks[asked]
-    else:
-        m.asks[asked] = count - 1
-    m.pins -= bool(pin) if m.pins else 0
-    return True
-
-
-def _current_slot_ask() -> int:
-    ask = _member.ask = max(_member.asks, default=0)
-    return ask
-
-
-def _join(topology, follow: bool = True) -> None:
-    m = _member
+    ask, pin = _wanted()
+    if not ask:
+        if m.index is not None:
+            _leave()
+        return
+    if m.index is not None and (ask, pin) == (m.ask, m.pinned):
+        return
     if m.file is None:
         m.file = LedgerFile()
         atexit.register(_leave_at_exit)
-    m.machine = machine_facts(topology)
     if m.start is None:
         m.start = process_start(os.getpid()) or -1.0
-    capacity, host_cpus, cgroup, _ = m.machine
     with m.file as f:
-        _clear_stale(f)
-        f.reap()
-        slots = f.slots()
-        # A slot of this very process (pid and start time): the one run
-        # --scope host took before it became this program by exec.
-        held = next((s.index for s in slots if s.pid == os.getpid() and s.start == m.start), None)
-        index = held if held is not None else f.free_index({s.index for s in slots})
-        m.index = index  # first: an interrupted join is left again (hold)
-        f.write(Slot(index, os.getpid(), m.pins > 0, m.start, time.time(),
-                     _current_slot_ask(), capacity, host_cpus, 0, cgroup, ()))
-        _rebalance(f, m.machine[3])
-        _follow(f)
-    if follow:
+        _follow(f, _rebalance(f, _write_mine(f, f.reap(f.slots()), ask, pin)))
+    if m.follow:
         _start_watcher()
 
 
-def _update() -> None:
-    m = _member
-    with m.file as f:
-        mine = next((s for s in f.slots() if s.index == m.index and s.pid == os.getpid()), None)
-        if mine is None:  # dropped by someone (a rebuilt file): join again
-            m.index = None
-            _join_locked(f)
-        else:
-            f.write(mine._replace(asked=_current_slot_ask(), pinned=m.pins > 0,
-                                  cpus=mine.cpus if m.pins else ()))
-        _rebalance(f, m.machine[3])
-        _follow(f)
+def _mine(slots: Sequence[Slot]) -> Slot | None:
+    """This very process's slot: its pid and its start time."""
+    pid, start = os.getpid(), _member.start
+    return next((s for s in slots if s.pid == pid and s.start == start), None)
 
 
-def _join_locked(f: LedgerFile) -> None:
+def _write_mine(f: LedgerFile, slots: list[Slot], ask: int, pin: bool) -> list[Slot]:
+    """This process's slot written with ``ask``, in ``slots`` (returned; the
+    lock is held). A slot of this very process is taken over: the one run
+    --scope host took before it became this program by exec, or ours."""
     m = _member
     capacity, host_cpus, cgroup, _ = m.machine
-    index = f.free_index({s.index for s in f.slots()})
-    f.write(Slot(index, os.getpid(), m.pins > 0, m.start, time.time(), _current_slot_ask(),
-                 capacity, host_cpus, 0, cgroup, ()))
-    m.index = index
+    mine = _mine(slots)
+    if mine is None:
+        index = f.free_index({s.index for s in slots})
+        joined, cpus, grant_then = time.time(), (), 0
+    else:
+        index, joined, cpus, grant_then = mine.index, mine.joined, mine.cpus, mine.grant
+    m.index = index  # first: an interrupted join is settled again
+    new = Slot(index, os.getpid(), pin, m.start, joined, ask, capacity, host_cpus, grant_then,
+               cgroup, cpus if pin else ())
+    f.write(new)
+    m.ask, m.pinned = ask, pin
+    return sorted([s for s in slots if s.index != index] + [new])
 
 
 def _leave() -> None:
     m = _member
-    index, m.index = m.index, None
+    if m.file is not None:
+        with m.file as f:
+            slots = f.slots()
+            left = [s for s in slots if not (s.pid == os.getpid() and s.start == m.start)]
+            used = {s.index for s in left}
+            for s in slots:
+                if s.index not in used:
+                    f.clear(s.index, used)
+            _rebalance(f, left)
+    m.index = None
     m.grant = m.cpus = None
-    m.ask, m.callers = 0, 1
-    if index is None or m.file is None:
-        return
-    m.stale = index  # until the file says so: the watcher retries
-    with m.file as f:
-        _clear_stale(f)
-        _rebalance(f, m.machine[3])
-
-
-def _clear_stale(f: LedgerFile) -> None:
-    """Clear the slot this process left while the file could not be locked
-    (the lock is held)."""
-    m = _member
-    if m.stale is not None:
-        mine = next((s for s in f.slots() if s.index == m.stale), None)
-        if mine is not None and mine.pid == os.getpid():
-            f.clear(m.stale)
-        m.stale = None
+    m.ask, m.pinned, m.callers = 0, False, 1
 
 
 def _leave_at_exit() -> None:
     with _lock:
+        _member.holds.clear()
         if _member.index is not None:
-            _member.asks.clear()
             try:
                 _leave()
             except Exception:  # at exit: the others reap the slot
                 pass
 
 
-def _rebalance(f: LedgerFile, nodes: Sequence[Sequence[int]]) -> None:
-    """Every participant's grant and pinned CPUs, written (the lock is held)."""
-    slots = f.slots()
+def _rebalance(f: LedgerFile, slots: list[Slot]) -> list[Slot]:
+    """Every participant's grant and pinned CPUs, written; ``slots`` as
+    they are now (the lock is held). Returns them as written."""
+    out = []
     if slots:
+        nodes = _member.machine[3]
         grants = _shares.host_grants(host_capacity(slots), [s.asked for s in slots])
         pinned = [i for i, s in enumerate(slots) if s.pinned]
         cpus = dict(zip(pinned, _shares.host_cpus(nodes, [grants[i] for i in pinned])))
@@ -257,7 +252,9 @@ def _rebalance(f: LedgerFile, nodes: Sequence[Sequence[int]]) -> None:
             new = s._replace(grant=grants[i], cpus=cpus.get(i, ()))
             if new != s:
                 f.write(new)
+            out.append(new)
     f.bump()
+    return out
 
 
 def host_capacity(slots: Sequence[Slot]) -> int:
@@ -268,16 +265,17 @@ def host_capacity(slots: Sequence[Slot]) -> int:
     return max(1, max(s.host_cpus for s in slots))
 
 
-def _follow(f: LedgerFile) -> bool:
-    """Read this process's grant and CPUs; True when they changed."""
+def _follow(f: LedgerFile, slots: list[Slot] | None = None) -> bool:
+    """This process's grant and CPUs, from ``slots`` (read when not given);
+    True when they changed."""
     m = _member
     m.seen = f.generation()
-    mine = next((s for s in f.slots() if s.index == m.index and s.pid == os.getpid()), None)
+    mine = _mine(f.slots() if slots is None else slots)
     if mine is None:
         return False
-    grant, cpus = min(mine.grant or 1, mine.asked or 1), (mine.cpus or None)
-    changed = (grant, cpus) != (m.grant, m.cpus)
-    m.grant, m.cpus = grant, cpus
+    grant_now, cpus = min(mine.grant or 1, mine.asked or 1), (mine.cpus or None)
+    changed = (grant_now, cpus) != (m.grant, m.cpus)
+    m.grant, m.cpus = grant_now, cpus
     return changed
 
 
@@ -291,7 +289,9 @@ def _start_watcher() -> None:
 
 
 def _watch(stop: threading.Event) -> None:
-    """While this process takes part: follow the generation, drop the dead."""
+    """While this process takes part: follow the generation, drop the dead,
+    find the file again if it was deleted or replaced, finish an interrupted
+    join or leave."""
     last_reap = 0.0
     idle_since = None
     while not stop.wait(POLL):
@@ -301,10 +301,12 @@ def _watch(stop: threading.Event) -> None:
                 m = _member
                 if m.stop is not stop:  # another watcher took over (fork)
                     return
-                if m.stale is not None and m.file is not None:  # a leave to finish
-                    with m.file as f:
-                        _clear_stale(f)
-                        _rebalance(f, m.machine[3])
+                wanted = _wanted()
+                if (wanted[0] > 0) != (m.index is not None) or (
+                        m.index is not None and wanted != (m.ask, m.pinned)):
+                    _settle()  # a write a signal interrupted
+                if m.file is not None:  # a lock an interrupted exit kept: let go
+                    m.file.unlock()
                 if m.index is None or m.file is None:  # left: a join may come back soon
                     idle_since = idle_since or time.monotonic()
                     if time.monotonic() - idle_since > LINGER:
@@ -316,26 +318,43 @@ def _watch(stop: threading.Event) -> None:
                 now = time.monotonic()
                 if now - last_reap >= REAP:
                     last_reap = now
+                    if not f.same_file():  # deleted or replaced: the others are there now
+                        _reopen()
+                        f = m.file
+                        changed = True
                     with f:
-                        mine = any(s.index == m.index and s.pid == os.getpid() for s in f.slots())
-                        if not mine:  # dropped by someone else (a rebuilt file)
-                            _join_locked(f)
-                            _rebalance(f, m.machine[3])
-                        elif f.reap():
-                            _rebalance(f, m.machine[3])
+                        slots = f.slots()
+                        live = f.reap(slots)
+                        if _mine(live) is None:  # dropped by someone else (a rebuilt file)
+                            _rebalance(f, _write_mine(f, live, m.ask, m.pinned))
+                        elif len(live) != len(slots):
+                            _rebalance(f, live)
                 if f.generation() != m.seen:
                     with f:
-                        changed = _follow(f)
+                        changed = _follow(f) or changed
             if changed and on_change is not None:
                 on_change()
         except Exception:  # the watcher never dies of a bad read; it tries again
             continue
 
 
+def _reopen() -> None:
+    """The path names another file now (or none): open it (made anew) and
+    take part there (``_lock`` is held)."""
+    m = _member
+    old, m.file = m.file, LedgerFile(m.file.path)
+    try:
+        old.close()
+    except OSError:
+        pass
+    with m.file as f:
+        _follow(f, _rebalance(f, _write_mine(f, f.reap(f.slots()), m.ask, m.pinned)))
+
+
 def _after_fork_in_child() -> None:
-    """The child is not the participant its parent is: it keeps the grant
-    it had at fork for the sections it inherited, and joins on its own at
-    its next host-scoped entry."""
+    """The child is not the participant its parent is: the guard keeps the
+    grant it had at fork for the sections it inherited, and it joins as
+    itself at its next host-scoped entry."""
     global _lock
     _lock = threading.RLock()
     m = _member
@@ -344,11 +363,10 @@ def _after_fork_in_child() -> None:
             m.file.close()  # the parent's open file (and its lock) stay the parent's
         except OSError:
             pass
-    m.file, m.index, m.stop, m.start, m.seen, m.ask = None, None, None, None, 0, 0
-    m.stale = None
-    if m.asks:
-        m.asks.clear()
-        m.pins = 0
+    m.file, m.index, m.stop, m.start, m.seen = None, None, None, None, 0
+    m.holds.clear()
+    m.ask, m.pinned, m.grant, m.cpus, m.callers, m.follow = 0, False, None, None, 1, True
+    m.machine = ()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -357,25 +375,15 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def participants(path: str | None = None) -> list[Slot]:
     """The live participants of the ledger at ``path`` (default: this
     user's), read without joining. A missing ledger has none."""
-    from .host_file import read_slots
+    from .host_file import _alive, read_slots
     return [s for s in read_slots(path) if _alive(s)]
-
-
-def _alive(slot: Slot) -> bool:
-    now = process_start(slot.pid)
-    return now is not None and (slot.start == -1.0 or now == slot.start)
-
-
-__all__ = ["LedgerError", "grant", "hold", "release", "participants", "pinned_cpus",
-           "host_capacity"]
 
 
 def preview(asked: int, pin: bool, topology) -> tuple[int, tuple[int, ...] | None, int]:
     """``(grant, CPUs when pinned, participants)`` this process would get if
     it joined now, read without joining (``run --dry-run``)."""
-    from .host_file import read_slots
     try:
-        slots = [s for s in read_slots() if _alive(s)]
+        slots = participants()
     except LedgerError:
         slots = []
     capacity, host_cpus, cgroup, nodes = machine_facts(topology)
@@ -405,11 +413,18 @@ def snapshot(path: str | None = None) -> dict:
             command = shlex.join(psutil.Process(s.pid).cmdline()) or "?"
         except (psutil.Error, OSError):
             command = "?"
+        try:
+            since = datetime.datetime.fromtimestamp(s.joined).isoformat(timespec="seconds")
+        except (OverflowError, OSError, ValueError):  # parse_slots keeps sane times only
+            since = "?"
         rows.append({"pid": s.pid, "command": command, "asked": s.asked, "granted": s.grant,
                      "pinned": s.pinned, "cpus": list(s.cpus) if s.pinned else None,
-                     "since": datetime.datetime.fromtimestamp(s.joined).isoformat(
-                         timespec="seconds")})
+                     "since": since})
     capacity = host_capacity(slots) if slots else None
     granted = sum(s.grant for s in slots)
     return {"ledger": path, "capacity": capacity, "granted": granted,
             "oversubscribed": bool(slots) and granted > capacity, "participants": rows}
+
+
+__all__ = ["LedgerError", "grant", "hold", "release", "participants", "pinned_cpus",
+           "host_capacity", "new_token", "parse_slots", "snapshot", "preview"]

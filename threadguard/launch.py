@@ -199,7 +199,7 @@ def host_plans(plans, topo, *, dry_run: bool, verbose: bool):
         if dry_run:
             grant, cpus, count = host.preview(asked, pin, topo)
         else:
-            grant = host.hold(asked, pin, lambda: topo, follow=False)
+            grant = host.hold(host.new_token(), asked, pin, lambda: topo, follow=False)
             cpus, count = host.pinned_cpus(), len(host.participants())
     except OSError as err:
         _warn(f"host ledger not used ({err}): the command's share is planned alone")
@@ -232,7 +232,10 @@ def launch(cmd: list[str], *, dry_run: bool = False, instances=0, scope: str = "
     if scope == "host" and STARTUP_DIR in env.get("PYTHONPATH", "").split(os.pathsep):
         # A Python command follows its share while it runs: the hook takes
         # over this slot (exec keeps the pid and its start time).
-        env["THREADGUARD_HOST_FOLLOW"] = f"{os.getpid()}:{base.threads}"
+        # With the CPUs it may use before run pins it: pinned, it would see
+        # only its share and could never grow back.
+        env["THREADGUARD_HOST_FOLLOW"] = (f"{os.getpid()}:{base.threads}:{int(bool(plan.pin))}:"
+                                          f"{format_cpulist(sorted(os.sched_getaffinity(0)))}")
     if dry_run:
         print(shell_line(cmd, plan, env))
         return 0

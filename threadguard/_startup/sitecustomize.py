@@ -9,7 +9,7 @@ sets ``PERFORMANCE_HINT`` itself keeps the streams its hint chooses; only
 the thread count is added. ``THREADGUARD_VERBOSE=1``: say what was done, on
 stderr.
 
-``run --scope host`` also sets ``THREADGUARD_HOST_FOLLOW=PID:THREADS``: the
+``run --scope host`` also sets ``THREADGUARD_HOST_FOLLOW=PID:THREADS:PIN:CPUS``: the
 program with that pid (the command itself, which ``run`` became by exec;
 not its children) enters a host-scoped budget for its whole life, taking
 over the ledger slot ``run`` held for it, so its pools follow its share as
@@ -167,9 +167,18 @@ def _install():
 _held = []  # the host-scoped section the program runs in (--scope host)
 
 
+def _cpulist(text):
+    """``0-3,8`` as a set of CPUs."""
+    out = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out.update(range(int(first), int(last or first) + 1))
+    return out
+
+
 def _follow_host():
-    spec = os.environ.get("THREADGUARD_HOST_FOLLOW", "")
-    pid, _, threads = spec.partition(":")
+    fields = os.environ.get("THREADGUARD_HOST_FOLLOW", "").split(":")
+    pid, threads, pin, cpus = (fields + ["", "", "", ""])[:4]
     if pid != str(os.getpid()) or not threads.isdigit():
         return  # not run --scope host, or a child of the command: sized at its start
     try:
@@ -178,7 +187,13 @@ def _follow_host():
         _say("threadguard cannot be imported by this interpreter: the command keeps the "
              "share it started with")
         return
-    section = threadguard.budget(int(threads), scope="host", allow_oversubscription=True)
+    if pin == "1" and cpus:  # the CPUs it may use, as before run pinned it to its share
+        try:
+            os.sched_setaffinity(0, _cpulist(cpus))
+        except (OSError, ValueError):
+            pass
+    section = threadguard.budget(int(threads), scope="host", pin=pin == "1",
+                                 allow_oversubscription=True)
     section.__enter__()
     _held.append(section)
     _say(f"following the host ledger: {section.threads} threads now")
