@@ -121,6 +121,14 @@ def live_pids(ledger) -> list[int] | None:
         return None
 
 
+def assert_planned_alone(participant: Participant, why: str) -> None:
+    """The ledger was not used (``why`` says so in the report) and the
+    budget was planned for the process alone, as a process-scoped one."""
+    skipped = [r for r in participant.first["report"] if r[0] == "host ledger"]
+    assert skipped and skipped[0][4] == "skipped" and why in skipped[0][6], skipped
+    assert participant.first["blas"] == CPUS
+
+
 needs_two = pytest.mark.skipif(CPUS < 2, reason="needs 2 allowed CPUs to share")
 
 
@@ -245,9 +253,7 @@ def test_a_file_that_is_not_a_ledger_is_never_overwritten(ledger, participants):
     ledger.write_bytes(content)
     a = Participant(ledger)
     participants.append(a)
-    skipped = [r for r in a.first["report"] if r[0] == "host ledger"]
-    assert skipped[0][4] == "skipped" and "not a threadguard host ledger" in skipped[0][6]
-    assert a.first["blas"] == CPUS
+    assert_planned_alone(a, "not a threadguard host ledger")
     assert a.leave()["restored"]
     assert ledger.read_bytes() == content
     assert "HostLedgerWarning" in a.proc.stderr.read()
@@ -282,9 +288,7 @@ def test_an_unusable_ledger_falls_back_to_process_scope(tmp_path, participants):
     link.symlink_to(target)
     a = Participant(link)
     participants.append(a)
-    skipped = [r for r in a.first["report"] if r[0] == "host ledger"]
-    assert skipped and skipped[0][4] == "skipped" and "link" in skipped[0][6]
-    assert a.first["blas"] == CPUS  # planned alone, as a process-scoped budget
+    assert_planned_alone(a, "link")
     out = a.leave()
     assert out["restored"]
     assert target.read_bytes() == b""  # nothing written through the link
@@ -492,19 +496,27 @@ def test_doctor_reports_grants_beyond_the_cpus_and_pools_outside_the_ledger(ledg
 
 
 def test_a_participant_stopped_holding_the_lock_hangs_no_one(ledger, participants):
-    """The file's lock held for good (a participant stopped under SIGSTOP, a
-    debugger): joining gives up after a bounded wait, with a warning, and
-    the budget applies to the process alone."""
-    import fcntl
+    """A process stopped (SIGSTOP, a debugger) while it holds the file's
+    lock: joining gives up at once, with a warning, and the budget applies
+    to the process alone; once it is gone the ledger is usable again."""
     host_file.LedgerFile(str(ledger)).close()  # a valid ledger
-    with open(ledger, "rb") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, signal, struct, sys
+fd = os.open({str(ledger)!r}, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, struct.pack("<i", os.getpid()), {host_file.OWNER_AT})  # as a writer does
+print("locked", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
         a = Participant(ledger)
         participants.append(a)
-        skipped = [r for r in a.first["report"] if r[0] == "host ledger"]
-        assert skipped[0][4] == "skipped" and "locked by another process" in skipped[0][6]
-        assert a.first["blas"] == CPUS
-    assert a.leave()["restored"]
+        assert_planned_alone(a, "which is stopped")
+        assert a.leave()["restored"]
+    finally:
+        holder.kill()
+        holder.wait(30)
     b = Participant(ledger)  # the lock is free again: it joins
     participants.append(b)
     assert live_pids(ledger) == [b.pid]
