@@ -726,3 +726,25 @@ def test_damaged_slots_are_skipped_and_cleared(ledger, participants):
     flags = [struct.unpack_from("<I", raw, host_file.HEADER_SIZE + i * host_file.SLOT_SIZE + 4)[0]
              for i in range(3)]
     assert sum(1 for f in flags if f & host_file.USED) == 1  # only A's: the damaged ones cleared
+
+
+def test_a_thread_that_ends_inside_a_host_section_gives_its_part_back(ledger):
+    code = r"""
+import json, os, threading, threadguard
+from threadguard.host import participants
+def die_inside():
+    threadguard.budget(scope="host").__enter__()  # never left: the thread ends inside
+t = threading.Thread(target=die_inside)
+t.start(); t.join()
+inside = [s.pid for s in participants()]
+with threadguard.budget():  # the next budget call drops the dead thread's sections
+    pass
+print(json.dumps({"inside": inside, "after": [s.pid for s in participants()],
+                  "holds": len(threadguard.host._member.holds)}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
+                                  THREADGUARD_LEDGER=str(ledger)))
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["inside"] != [] and seen["after"] == [] and seen["holds"] == 0

@@ -777,8 +777,24 @@ def _drop_stale(stack: list, site) -> None:
     that is still active, so the old entry, and what it enclosed, is stale."""
     index = 0 if site is None else next(i for i, e in enumerate(stack) if e.site == site)
     for stale in stack[index:]:
-        _ledger.env_entries -= stale.env
+        _forget(stale)
     del stack[index:]
+
+
+def _forget(entry: _Entry) -> None:
+    """An entry dropped without its exit (stale, or its thread ended): what
+    it counted for goes, its part of the host too (the ledger's lock is held;
+    the host's is taken after it, never the other way round)."""
+    led = _ledger
+    led.env_entries -= entry.env
+    token = entry.host_token
+    if token:
+        entry.host_token = 0
+        try:
+            _host.release(token)
+        except Exception:  # the watcher settles the file
+            pass
+        led.host_cap = _host.grant()
 
 
 def _drain_pending() -> None:
@@ -793,7 +809,7 @@ def _drop_dead_threads() -> None:
     led = _ledger
     for ident in [i for i, t in led.owners.items() if not t.is_alive()]:
         for stale in led.stacks.pop(ident, ()):
-            led.env_entries -= stale.env
+            _forget(stale)
         led.owners.pop(ident, None)
         led.thread_saved.pop(ident, None)
         led.thread_version.pop(ident, None)
@@ -907,7 +923,7 @@ def _remove(entry: _Entry) -> None:
         if frame is not None and index + 1 < len(stack):
             for later in [e for e in stack[index + 1:] if e.site and e.site[0] is frame]:
                 stack.remove(later)
-                led.env_entries -= later.env
+                _forget(later)
         stack.remove(entry)
         led.env_entries -= entry.env
     if not stack:
