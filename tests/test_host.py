@@ -748,3 +748,21 @@ print(json.dumps({"inside": inside, "after": [s.pid for s in participants()],
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     assert seen["inside"] != [] and seen["after"] == [] and seen["holds"] == 0
+
+
+def test_a_file_with_a_zeroed_start_is_still_not_ours(ledger, participants):
+    content = bytes(4096) + b"IMPORTANT USER DATA\n" * 1000  # a disk image's zeroed first blocks
+    ledger.write_bytes(content)
+    a = Participant(ledger)
+    participants.append(a)
+    assert_planned_alone(a, "not a threadguard host ledger")
+    assert a.leave()["restored"]
+    assert ledger.read_bytes() == content
+
+
+def test_a_damaged_ledger_is_repaired_under_warnings_as_errors(ledger, participants):
+    ledger.write_bytes(b"TGHOST")
+    a = Participant(ledger, env={"PYTHONWARNINGS": "error::RuntimeWarning"})
+    participants.append(a)
+    assert any(r[0] == "host ledger" and r[4] == "applied" for r in a.first["report"])
+    assert live_pids(ledger) == [a.pid]

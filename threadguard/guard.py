@@ -218,6 +218,8 @@ class _Ledger:
         self.pinned_to: frozenset | None = None
         self.mempolicy_saved: dict[int, object] = {}  # thread -> (mode, nodes)
         self.host_cap: int | None = None  # this process's grant from the host ledger
+        self.forgotten: list[int] = []  # host holds of entries dropped without their exit
+        self.inherited_cpus: tuple | None = None  # a forked child's: the CPUs its parent held
         # Only lone sections entered and left the fast way since the ledger was
         # last found clean: set False by every other entry, found again when
         # the last section has left (``clean()``).
@@ -287,6 +289,7 @@ def _after_fork_in_child() -> None:
         if type(entry) is _HostEntry:
             entry.host_token = 0
     new.host_cap = old.host_cap if new.stacks else None
+    new.inherited_cpus = (_host.forked_cpus or old.inherited_cpus) if new.stacks else None
     if me in old.owners:
         new.owners[me] = old.owners[me]
     new.plain = False
@@ -364,7 +367,9 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
     """Take part in the host ledger for ``entry`` (before the ledger's lock:
     the file's lock may wait for another process)."""
     callers = entry.section._host_callers
-    asked = max(1, min(plan.threads * callers, entry.capacity))
+    # Never more than the CPUs this process may use, oversubscribed or not.
+    asked = max(1, min(plan.threads * callers, entry.capacity,
+                       current_topology().effective_cpus))
     stack = _ledger.stacks.get(entry.thread)
     if stack:  # nested: never more than the enclosing section lets it use
         asked = min(asked, stack[-1].want * callers)
@@ -372,7 +377,7 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
     token = entry.host_token = _host.new_token()
     try:
         grant = _host.hold(token, asked, bool(plan.pin), current_topology, callers=callers)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # never fatal: a damaged file, a signal handler re-entering
         entry.host_token = 0
         reason = str(err)
         if reason not in _host_warned:
@@ -585,11 +590,15 @@ class budget:
                         entry.want, led.capacity(entry), others)
                     stack.append(entry)
                     led.env_entries += entry.env
+                    if kind is _HostEntry:  # the grant now: the watcher may have moved it
+                        led.host_cap = _host.grant()
                     _sync_process(process_limiters, entry.applied)
                     if entry.pin is not None:
                         _sync_affinity(entry.applied)
                 finally:
                     led.busy = None
+            if led.forgotten:
+                _release_forgotten()
             if led.pending:
                 _drain_pending()
             _sync_thread(ident, thread_limiters, entry.applied)
@@ -783,15 +792,24 @@ def _drop_stale(stack: list, site) -> None:
 
 def _forget(entry: _Entry) -> None:
     """An entry dropped without its exit (stale, or its thread ended): what
-    it counted for goes, its part of the host too (the ledger's lock is held;
-    the host's is taken after it, never the other way round)."""
+    it counted for goes. Its part of the host is given back once the
+    ledger's lock is let go (``_release_forgotten``): giving it back may wait
+    for another process's file lock, which no budget call should wait for."""
     led = _ledger
     led.env_entries -= entry.env
     token = entry.host_token
     if token:
         entry.host_token = 0
+        led.forgotten.append(token)
+
+
+def _release_forgotten() -> None:
+    """Give back the host parts of entries dropped without their exit (the
+    ledger's lock is not held)."""
+    led = _ledger
+    while led.forgotten:
         try:
-            _host.release(token)
+            _host.release(led.forgotten.pop())
         except Exception:  # the watcher settles the file
             pass
         led.host_cap = _host.grant()
@@ -906,6 +924,8 @@ def _remove_and_sync(entry: _Entry) -> None:
                 _sync_after_exit(entry, me, limiters)
             finally:
                 led.busy = None
+    if led.forgotten:
+        _release_forgotten()
     if led.pending:
         _drain_pending()
 
@@ -1117,7 +1137,7 @@ def _sync_affinity(applied) -> None:
     pins = [e.pin for s in led.stacks.values() for e in s if e.pin is not None]
     target = _shares.pinned_cpus(pins)
     if target is not None and led.host_cap is not None:  # the host gave disjoint CPUs
-        given = _host.pinned_cpus()
+        given = _host.pinned_cpus() or led.inherited_cpus
         if given:
             target = frozenset(given)
     if target == led.pinned_to:

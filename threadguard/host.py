@@ -57,11 +57,13 @@ class _Member:
         self.start: float | None = None
         self.callers = 1  # threads of this process that call its pools at once (Dask tasks)
         self.follow = True  # a watcher follows the grants (not for run, which execs)
+        self.busy: int | None = None  # the thread inside a file transaction
 
 
 _member = _Member()
 _lock = threading.RLock()  # the membership; never held while the guard's lock is taken
 on_change: Callable[[], None] | None = None  # the guard re-syncs the process
+forked_cpus: tuple[int, ...] | None = None  # in a forked child: the CPUs its parent held
 
 
 def grant() -> int | None:
@@ -117,11 +119,15 @@ def hold(token: int, asked: int, pin: bool, topology: Callable, *, follow: bool 
     (nothing is then held)."""
     with _lock:
         m = _member
+        if m.busy == threading.get_ident():  # a signal handler, inside our own file work
+            raise LedgerError("entered from a signal handler while this thread was inside "
+                              "the host ledger")
         if callers > m.callers:
             m.callers = callers
         m.holds[token] = (asked, bool(pin))
         if m.index is not None and asked <= m.ask and (m.pinned or not pin):
             return grant()  # no change in membership
+        m.busy = threading.get_ident()
         try:
             if m.index is None and not m.machine:
                 m.machine = machine_facts(topology())
@@ -134,6 +140,8 @@ def hold(token: int, asked: int, pin: bool, topology: Callable, *, follow: bool 
             except Exception:  # the watcher settles it later
                 pass
             raise
+        finally:
+            m.busy = None
         if m.index is None:
             raise LedgerError("the host ledger could not be joined")
         return grant()
@@ -145,17 +153,24 @@ def release(token: int) -> None:
     interrupted by a signal is finished first; the signal's exception then
     goes on."""
     with _lock:
+        if _member.busy == threading.get_ident():  # a signal handler inside our file work:
+            _member.holds.pop(token, None)  # the hold goes now; the watcher settles the file
+            return
         if _member.holds.pop(token, None) is None:
             return
         pending = None
-        for _ in range(3):
-            try:
-                _settle()
-                break
-            except (OSError, ValueError):  # the ledger went away: the watcher tries again
-                break
-            except BaseException as err:
-                pending = pending or err
+        _member.busy = threading.get_ident()
+        try:
+            for _ in range(3):
+                try:
+                    _settle()
+                    break
+                except Exception:  # the ledger went away: the watcher tries again
+                    break
+                except BaseException as err:
+                    pending = pending or err
+        finally:
+            _member.busy = None
         if pending is not None:
             raise pending
 
@@ -355,9 +370,10 @@ def _after_fork_in_child() -> None:
     """The child is not the participant its parent is: the guard keeps the
     grant it had at fork for the sections it inherited, and it joins as
     itself at its next host-scoped entry."""
-    global _lock
+    global _lock, forked_cpus
     _lock = threading.RLock()
     m = _member
+    forked_cpus = m.cpus if m.index is not None and m.pinned else None
     if m.file is not None:
         try:
             m.file.close()  # the parent's open file (and its lock) stay the parent's

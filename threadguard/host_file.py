@@ -183,7 +183,7 @@ class LedgerFile:
     def __init__(self, path: str | None = None):
         if sys.platform == "win32":
             raise LedgerError("the host ledger needs POSIX file locks")
-        self.path = path or ledger_path()
+        self.path = os.path.abspath(path or ledger_path())  # a later chdir must not move it
         self.explicit = bool(os.environ.get(ENV_VAR))
         self.fd = self._open()
         self.identity = self._identity_of_fd()
@@ -274,15 +274,21 @@ class LedgerFile:
         size = os.fstat(self.fd).st_size
         if size == SIZE and _header_ok(head):
             return
-        if size and self.explicit and not (head.startswith(FAMILY) or not head.strip(b"\0")):
+        if size and self.explicit and not (
+                head.startswith(FAMILY)
+                or (size <= SIZE and not os.pread(self.fd, SIZE, 0).strip(b"\0"))):
             raise LedgerError(f"{self.path}: not a threadguard host ledger (refused: "
                               "it is not overwritten)")
-        if size:
-            warnings.warn(f"threadguard: {self.path} was a damaged host ledger (truncated, "
-                          "zeroed or another version): rebuilt", RuntimeWarning, stacklevel=2)
         os.ftruncate(self.fd, 0)
         _reserve(self.fd)
         os.pwrite(self.fd, _fresh_header(), 0)
+        if size:  # said once it is done: under -W error the file is still repaired
+            try:
+                warnings.warn(f"threadguard: {self.path} was a damaged host ledger (truncated, "
+                              "zeroed or another version): rebuilt", RuntimeWarning,
+                              stacklevel=2)
+            except Warning:
+                pass
 
     def _load(self) -> None:
         data = os.pread(self.fd, HEADER_SIZE + 16 * SLOT_SIZE, 0)
