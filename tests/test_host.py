@@ -57,14 +57,16 @@ print(json.dumps({"out": out, "restored": (out["blas"], out["affinity"]) ==
 class Participant:
     """A process inside a host-scoped budget, asked for its facts on demand."""
 
-    def __init__(self, ledger: Path, *args: str, env: dict | None = None):
+    def __init__(self, ledger: Path, *args: str, env: dict | None = None, cpus=None):
         full = dict(os.environ, CI="true", PYTHONPATH=ROOT, THREADGUARD_LEDGER=str(ledger))
         full.pop("OPENBLAS_NUM_THREADS", None)
         full.pop("OMP_NUM_THREADS", None)
         full.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-c", PARTICIPANT, *args], env=full,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus))
+                                     if cpus else None)
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"participant failed: {self.proc.stderr.read()}")
@@ -148,6 +150,22 @@ def test_grants_share_the_cpus_in_proportion(capacity, asks):
                     assert grants[i] >= grants[j]
                 elif asks[i] == asks[j]:
                     assert abs(grants[i] - grants[j]) <= 1
+
+
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=3),
+       st.lists(st.tuples(st.integers(1, 4), st.sets(st.integers(0, 15), max_size=6)),
+                max_size=6))
+def test_pinned_shares_stay_inside_what_each_may_use(node_sizes, asks):
+    nodes, first = [], 0
+    for n in node_sizes:
+        nodes.append(tuple(range(first, first + n)))
+        first += n
+    sizes = [size for size, _ in asks]
+    allowed = [tuple(sorted(c for c in mine if c < first)) for _, mine in asks]
+    sets = shares.host_cpus(nodes, sizes, allowed)
+    for size, mine, got in zip(sizes, allowed, sets):
+        assert set(got) <= (set(mine) or set(range(first)))
+        assert len(got) == min(size, len(mine) if mine else first)
 
 
 @given(st.lists(st.integers(1, 16), min_size=1, max_size=4),
@@ -247,9 +265,12 @@ def test_a_damaged_ledger_is_rebuilt(ledger, participants, damage):
     assert host_file.read_slots(str(ledger)) == []  # a valid, empty ledger now
 
 
-def test_a_file_that_is_not_a_ledger_is_never_overwritten(ledger, participants):
-    """THREADGUARD_LEDGER naming another file (a typo): refused, untouched."""
-    content = b"export PATH=$HOME/bin:$PATH\n" * 1000
+@pytest.mark.parametrize("content", [
+    b"export PATH=$HOME/bin:$PATH\n" * 1000,  # a typo in the path: a shell profile
+    bytes(4096) + b"IMPORTANT USER DATA\n" * 1000,  # a disk image's zeroed first blocks
+], ids=["text", "zeroed start"])
+def test_a_file_that_is_not_a_ledger_is_never_overwritten(ledger, participants, content):
+    """THREADGUARD_LEDGER naming another file: refused, untouched."""
     ledger.write_bytes(content)
     a = Participant(ledger)
     participants.append(a)
@@ -750,19 +771,26 @@ print(json.dumps({"inside": inside, "after": [s.pid for s in participants()],
     assert seen["inside"] != [] and seen["after"] == [] and seen["holds"] == 0
 
 
-def test_a_file_with_a_zeroed_start_is_still_not_ours(ledger, participants):
-    content = bytes(4096) + b"IMPORTANT USER DATA\n" * 1000  # a disk image's zeroed first blocks
-    ledger.write_bytes(content)
-    a = Participant(ledger)
-    participants.append(a)
-    assert_planned_alone(a, "not a threadguard host ledger")
-    assert a.leave()["restored"]
-    assert ledger.read_bytes() == content
-
-
 def test_a_damaged_ledger_is_repaired_under_warnings_as_errors(ledger, participants):
     ledger.write_bytes(b"TGHOST")
     a = Participant(ledger, env={"PYTHONWARNINGS": "error::RuntimeWarning"})
     participants.append(a)
     assert any(r[0] == "host ledger" and r[4] == "applied" for r in a.first["report"])
     assert live_pids(ledger) == [a.pid]
+
+
+
+@needs_two
+@pytest.mark.parametrize("order", ["restricted first", "restricted second"])
+def test_pinned_participants_get_cpus_they_may_use(ledger, participants, order):
+    """One participant started under taskset (CPU 1 only): whoever
+    rebalances, it is given CPU 1 and the other one CPU 0, never both 1."""
+    made = []
+    for restricted in ([True, False] if order == "restricted first" else [False, True]):
+        made.append(Participant(ledger, "pin", cpus={1} if restricted else None))
+        participants.append(made[-1])
+    restricted = made[0] if order == "restricted first" else made[1]
+    free = made[1] if order == "restricted first" else made[0]
+    got = free.until(lambda f: f["affinity"] == [0])
+    assert got["affinity"] == [0]
+    assert restricted.ask()["affinity"] == [1]

@@ -87,20 +87,23 @@ def path() -> str | None:
 
 
 def machine_facts(topology) -> tuple:
-    """What the ledger needs of this process's machine."""
-    allowed = set(topology.allowed_cpus)
+    """What the ledger needs of this process's machine: ``(capacity, host
+    CPUs, cgroup key, nodes, allowed)``. The nodes are the host's (online
+    CPUs, one per core first), so whoever rebalances hands out CPUs from
+    the same lists; each participant's own allowed CPUs bound what it gets."""
+    online = set(topology.online_cpus) or set(topology.allowed_cpus)
     nodes = []
     for node in topology.numa_nodes or ():
-        cpus = [c for c in node.cpus if c in allowed]
+        cpus = [c for c in node.cpus if c in online]
         if not cpus:
             continue
         first = sorted(core.cpus[0] for core in topology.cores if core.cpus and core.cpus[0] in cpus)
         nodes.append(tuple(first + [c for c in cpus if c not in first]))
     if not nodes:
-        nodes.append(tuple(sorted(allowed)))
-    host_cpus = len(topology.online_cpus) or len(allowed)
-    return (topology.effective_cpus, host_cpus,
-            cgroup_key(topology.cgroup_path, topology.allowed_cpus), tuple(nodes))
+        nodes.append(tuple(sorted(online)))
+    return (topology.effective_cpus, len(online),
+            cgroup_key(topology.cgroup_path, topology.allowed_cpus), tuple(nodes),
+            tuple(topology.allowed_cpus))
 
 
 def new_token() -> int:
@@ -213,7 +216,7 @@ def _write_mine(f: LedgerFile, slots: list[Slot], ask: int, pin: bool) -> list[S
     lock is held). A slot of this very process is taken over: the one run
     --scope host took before it became this program by exec, or ours."""
     m = _member
-    capacity, host_cpus, cgroup, _ = m.machine
+    capacity, host_cpus, cgroup, _, allowed = m.machine
     mine = _mine(slots)
     if mine is None:
         index = f.free_index({s.index for s in slots})
@@ -222,7 +225,7 @@ def _write_mine(f: LedgerFile, slots: list[Slot], ask: int, pin: bool) -> list[S
         index, joined, cpus, grant_then = mine.index, mine.joined, mine.cpus, mine.grant
     m.index = index  # first: an interrupted join is settled again
     new = Slot(index, os.getpid(), pin, m.start, joined, ask, capacity, host_cpus, grant_then,
-               cgroup, cpus if pin else ())
+               cgroup, cpus if pin else (), allowed)
     f.write(new)
     m.ask, m.pinned = ask, pin
     return sorted([s for s in slots if s.index != index] + [new])
@@ -262,7 +265,8 @@ def _rebalance(f: LedgerFile, slots: list[Slot]) -> list[Slot]:
         nodes = _member.machine[3]
         grants = _shares.host_grants(host_capacity(slots), [s.asked for s in slots])
         pinned = [i for i, s in enumerate(slots) if s.pinned]
-        cpus = dict(zip(pinned, _shares.host_cpus(nodes, [grants[i] for i in pinned])))
+        cpus = dict(zip(pinned, _shares.host_cpus(nodes, [grants[i] for i in pinned],
+                                                  [slots[i].allowed for i in pinned])))
         for i, s in enumerate(slots):
             new = s._replace(grant=grants[i], cpus=cpus.get(i, ()))
             if new != s:
@@ -402,14 +406,16 @@ def preview(asked: int, pin: bool, topology) -> tuple[int, tuple[int, ...] | Non
         slots = participants()
     except LedgerError:
         slots = []
-    capacity, host_cpus, cgroup, nodes = machine_facts(topology)
-    me = Slot(-1, os.getpid(), pin, -1.0, time.time(), asked, capacity, host_cpus, 0, cgroup, ())
+    capacity, host_cpus, cgroup, nodes, allowed = machine_facts(topology)
+    me = Slot(-1, os.getpid(), pin, -1.0, time.time(), asked, capacity, host_cpus, 0, cgroup, (),
+              allowed)
     slots.append(me)
     grants = _shares.host_grants(host_capacity(slots), [s.asked for s in slots])
     cpus = None
     if pin:
         pinned = [i for i, s in enumerate(slots) if s.pinned]
-        cpus = _shares.host_cpus(nodes, [grants[i] for i in pinned])[-1]
+        cpus = _shares.host_cpus(nodes, [grants[i] for i in pinned],
+                                 [slots[i].allowed for i in pinned])[-1]
     return grants[-1], cpus, len(slots)
 
 

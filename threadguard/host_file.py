@@ -12,7 +12,8 @@ Layout (little-endian): a 64-byte header (magic, version, slot count, slot
 size, high mark, generation, the pid holding the lock), then ``SLOTS`` slots
 of ``SLOT_SIZE`` bytes, one per participant: pid, flags, start time, join
 time, asked, its own capacity, the host's CPUs as it sees them, the grant,
-its cgroup and, when pinned, its CPUs as a bitmap.
+its cgroup, the CPUs it may use, and when pinned the CPUs it was given (two
+bitmaps).
 
 A file that is ours but damaged (empty, zeroed, truncated, another version
 of this layout) is rebuilt with a warning; so is anything in the per-user
@@ -39,18 +40,19 @@ import zlib
 from typing import NamedTuple
 
 ENV_VAR = "THREADGUARD_LEDGER"
-MAGIC = b"TGHOST\x00\x01"
+MAGIC = b"TGHOST\x00\x02"
 FAMILY = MAGIC[:6]  # any version of this layout: ours to rebuild
-VERSION = 1
+VERSION = 2
 SLOTS = 256
-SLOT_SIZE = 256
+SLOT_SIZE = 320
 MAX_PINNED_CPU = 1024  # CPUs a pinned slot can name (its bitmap)
 HEADER = struct.Struct("<8sIIIIQi")  # magic, version, slots, slot size, high, generation, owner
 HEADER_SIZE = 64
 HIGH_AT, GENERATION_AT, OWNER_AT = 20, 24, 32
 FIELDS = struct.Struct("<iIddiiiiQ")  # pid, flags, start, joined, asked, capacity, host, grant, cgroup
-BITMAP_AT = FIELDS.size
+BITMAP_AT = FIELDS.size  # the CPUs given (pinned)
 BITMAP_SIZE = MAX_PINNED_CPU // 8
+ALLOWED_AT = BITMAP_AT + BITMAP_SIZE  # the CPUs it may use
 SIZE = HEADER_SIZE + SLOTS * SLOT_SIZE
 MAX_ASK = 1 << 16  # an ask or a CPU count above this is not a real one: a damaged slot
 
@@ -76,6 +78,7 @@ class Slot(NamedTuple):
     grant: int
     cgroup: int  # which cgroup (and cpuset) it runs in
     cpus: tuple[int, ...]  # when pinned: its CPUs
+    allowed: tuple[int, ...] = ()  # the CPUs it may use (its affinity and cpuset)
 
 
 def default_path() -> str:
@@ -171,8 +174,9 @@ def parse_slots(data: bytes) -> list[Slot]:
                 and 0 <= joined < 1e11 and math.isfinite(start)):
             continue
         cpus = _cpus(data[at + BITMAP_AT:at + BITMAP_AT + BITMAP_SIZE]) if flags & PINNED else ()
+        allowed = _cpus(data[at + ALLOWED_AT:at + ALLOWED_AT + BITMAP_SIZE])
         out.append(Slot(i, pid, bool(flags & PINNED), start, joined, asked, cap, host, grant,
-                        cg, cpus))
+                        cg, cpus, allowed))
     return out
 
 
@@ -323,7 +327,8 @@ class LedgerFile:
     def write(self, slot: Slot) -> None:
         flags = USED | (PINNED if slot.pinned else 0)
         data = FIELDS.pack(slot.pid, flags, slot.start, slot.joined, slot.asked, slot.capacity,
-                           slot.host_cpus, slot.grant, slot.cgroup) + _bitmap(slot.cpus)
+                           slot.host_cpus, slot.grant, slot.cgroup) + _bitmap(slot.cpus) \
+            + _bitmap(slot.allowed)
         at = HEADER_SIZE + slot.index * SLOT_SIZE
         image = self.image
         if len(image) < at + SLOT_SIZE:

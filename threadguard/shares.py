@@ -86,33 +86,36 @@ def host_grants(capacity: int, asks: Sequence[int]) -> list[int]:
     return grants
 
 
-def host_cpus(nodes: Sequence[Sequence[int]], sizes: Sequence[int]) -> list[tuple[int, ...]]:
+def host_cpus(nodes: Sequence[Sequence[int]], sizes: Sequence[int],
+              allowed: Sequence[Sequence[int]] | None = None) -> list[tuple[int, ...]]:
     """Disjoint CPU sets for pinned participants, ``sizes[i]`` CPUs each, in
-    the ledger's order. ``nodes`` lists each NUMA node's CPUs in the order
-    they are best taken (one per core first). A participant takes its CPUs
-    from the node with the fewest free CPUs that still holds them all (it
-    stays inside one node, and large nodes stay whole for later ones);
-    else the free CPUs of the nodes with most free first; when the CPUs run
-    out, the least shared ones again."""
+    the ledger's order, each inside ``allowed[i]`` (the CPUs it may use; all
+    when empty or not given). ``nodes`` lists each NUMA node's CPUs in the
+    order they are best taken (one per core first). A participant takes its
+    CPUs from the node with the fewest free CPUs it may use that still holds
+    them all (it stays inside one node, and large nodes stay whole for later
+    ones); else the free CPUs of the nodes with most free first; when its
+    CPUs run out, the least shared of them again."""
     free = [list(cpus) for cpus in nodes]
     use: dict[int, int] = {c: 0 for cpus in nodes for c in cpus}
     out = []
-    for size in sizes:
+    for k, size in enumerate(sizes):
         size = max(1, size)
-        fitting = [i for i, f in enumerate(free) if len(f) >= size]
+        mine = set(allowed[k]) if allowed and allowed[k] else set(use)
+        room_in = [[c for c in f if c in mine] for f in free]
+        fitting = [i for i, f in enumerate(room_in) if len(f) >= size]
         if fitting:
-            best = min(fitting, key=lambda i: (len(free[i]), i))
-            taken = free[best][:size]
-            del free[best][:size]
+            best = min(fitting, key=lambda i: (len(room_in[i]), i))
+            taken = room_in[best][:size]
         else:
             taken = []
-            for i in sorted(range(len(free)), key=lambda i: (-len(free[i]), i)):
-                room = size - len(taken)
-                taken += free[i][:room]
-                del free[i][:room]
-            if len(taken) < size and use:  # more CPUs asked than the host has
-                order = sorted(use, key=lambda c: (use[c], c))
+            for i in sorted(range(len(room_in)), key=lambda i: (-len(room_in[i]), i)):
+                taken += room_in[i][:size - len(taken)]
+            if len(taken) < size:  # more CPUs asked than it may use free: share the least used
+                order = sorted((c for c in use if c in mine), key=lambda c: (use[c], c))
                 taken += [c for c in order if c not in taken][:size - len(taken)]
+        chosen = set(taken)
+        free = [[c for c in f if c not in chosen] for f in free]
         for c in taken:
             use[c] = use.get(c, 0) + 1
         out.append(tuple(sorted(taken)))
