@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -9,6 +12,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 # openvino's telemetry forks a child at import unless CI is set; the fork
 # tears down OpenBLAS's workers, making thread counts racy.
 os.environ.setdefault("CI", "true")
+# The host ledger of this test session alone (children inherit it): the
+# tests neither see nor disturb this user's real participants.
+_LEDGER_DIR = tempfile.mkdtemp(prefix="threadguard-tests-")
+os.environ["THREADGUARD_LEDGER"] = os.path.join(_LEDGER_DIR, "host.ledger")
+atexit.register(shutil.rmtree, _LEDGER_DIR, True)
 
 
 CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"

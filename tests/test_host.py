@@ -256,6 +256,8 @@ def test_a_damaged_ledger_is_rebuilt(ledger, participants, damage):
                "another version": lambda: b"TGHOST\0\2" + b"\x01" * 500,
                "our magic, wrong size": lambda: b"TGHOST\0\1" + b"\xff" * 70000}[damage]()
     ledger.write_bytes(content)
+    listed = threadguard_cli("host", "--json", ledger=ledger)  # read-only: none, no error
+    assert listed.returncode == 0 and json.loads(listed.stdout)["participants"] == []
     a = Participant(ledger)
     participants.append(a)
     assert any(r[0] == "host ledger" and r[4] == "applied" for r in a.first["report"])

@@ -464,6 +464,8 @@ def read_slots(path: str | None = None) -> list[Slot]:
         data = os.pread(fd, SIZE + 1, 0)
     finally:
         os.close(fd)
-    if len(data) != SIZE or not _header_ok(data):
-        raise LedgerError(f"{path}: not a threadguard host ledger")
-    return parse_slots(data)
+    if len(data) == SIZE and _header_ok(data):
+        return parse_slots(data)
+    if data.startswith(FAMILY) or not data.strip(b"\0"):
+        return []  # ours, from another version or damaged: the next participant rebuilds it
+    raise LedgerError(f"{path}: not a threadguard host ledger")
