@@ -489,6 +489,17 @@ def test_pytest_plugin_can_share_the_host(ledger, participants, pytester, monkey
     result = pytester.runpytest_subprocess("--threadguard", "--threadguard-scope", "host", "-p",
                                            "no:xdist", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+    pytester.makepyfile(test_xdist="""
+        import os
+        from threadguard.host import participants
+
+        def test_the_controller_holds_no_share():
+            pids = [s.pid for s in participants()]
+            assert os.getpid() in pids and os.getppid() not in pids
+    """)
+    spread = pytester.runpytest_subprocess("--threadguard", "--threadguard-scope", "host", "-n",
+                                           "2", "-p", "no:cacheprovider", "test_xdist.py")
+    spread.assert_outcomes(passed=1)
     bad = pytester.runpytest_subprocess("--threadguard", "--threadguard-scope", "cluster")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "--threadguard-scope must be process or host" in bad.stderr.str()

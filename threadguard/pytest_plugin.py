@@ -109,6 +109,8 @@ class _State:
             self.workers = _check_int(workerinput.get("workercount", 1), "xdist's workercount") or 1
         else:
             self.worker, self.workers = "main", 1
+            if getattr(config.option, "numprocesses", None):  # xdist's controller: no tests
+                self.scope = "process"  # run here; its workers share the host, not it
         self.session_budget = None
         self.generation = None
         self.findings: list[dict] = []  # gathered from every worker's reports
