@@ -30,8 +30,7 @@ import time
 from typing import Callable, Sequence
 
 from . import shares as _shares
-from .host_file import (LedgerError, LedgerFile, Slot, cgroup_key, ledger_path, parse_slots,
-                        process_start)
+from .host_file import LedgerError, LedgerFile, Slot, cgroup_key, ledger_path, process_start
 
 POLL = 0.2  # seconds between looks at the generation
 REAP = 0.4  # seconds between liveness checks of the others
@@ -261,19 +260,24 @@ def _rebalance(f: LedgerFile, slots: list[Slot]) -> list[Slot]:
     """Every participant's grant and pinned CPUs, written; ``slots`` as
     they are now (the lock is held). Returns them as written."""
     out = []
-    if slots:
-        nodes = _member.machine[3]
-        grants = _shares.host_grants(host_capacity(slots), [s.asked for s in slots])
-        pinned = [i for i, s in enumerate(slots) if s.pinned]
-        cpus = dict(zip(pinned, _shares.host_cpus(nodes, [grants[i] for i in pinned],
-                                                  [slots[i].allowed for i in pinned])))
-        for i, s in enumerate(slots):
-            new = s._replace(grant=grants[i], cpus=cpus.get(i, ()))
-            if new != s:
-                f.write(new)
-            out.append(new)
+    for s, (grant_now, cpus) in zip(slots, _shares_of(slots, _member.machine[3])):
+        new = s._replace(grant=grant_now, cpus=cpus)
+        if new != s:
+            f.write(new)
+        out.append(new)
     f.bump()
     return out
+
+
+def _shares_of(slots: Sequence[Slot], nodes) -> list[tuple[int, tuple[int, ...]]]:
+    """Each participant's ``(grant, CPUs when pinned)``, in the ledger's order."""
+    if not slots:
+        return []
+    grants = _shares.host_grants(host_capacity(slots), [s.asked for s in slots])
+    pinned = [i for i, s in enumerate(slots) if s.pinned]
+    cpus = dict(zip(pinned, _shares.host_cpus(nodes, [grants[i] for i in pinned],
+                                              [slots[i].allowed for i in pinned])))
+    return [(g, cpus.get(i, ())) for i, g in enumerate(grants)]
 
 
 def host_capacity(slots: Sequence[Slot]) -> int:
@@ -410,13 +414,8 @@ def preview(asked: int, pin: bool, topology) -> tuple[int, tuple[int, ...] | Non
     me = Slot(-1, os.getpid(), pin, -1.0, time.time(), asked, capacity, host_cpus, 0, cgroup, (),
               allowed)
     slots.append(me)
-    grants = _shares.host_grants(host_capacity(slots), [s.asked for s in slots])
-    cpus = None
-    if pin:
-        pinned = [i for i, s in enumerate(slots) if s.pinned]
-        cpus = _shares.host_cpus(nodes, [grants[i] for i in pinned],
-                                 [slots[i].allowed for i in pinned])[-1]
-    return grants[-1], cpus, len(slots)
+    grant_then, cpus = _shares_of(slots, nodes)[-1]
+    return grant_then, (cpus or None) if pin else None, len(slots)
 
 
 def snapshot(path: str | None = None) -> dict:
@@ -449,4 +448,4 @@ def snapshot(path: str | None = None) -> dict:
 
 
 __all__ = ["LedgerError", "grant", "hold", "release", "participants", "pinned_cpus",
-           "host_capacity", "new_token", "parse_slots", "snapshot", "preview"]
+           "host_capacity", "new_token", "snapshot", "preview"]

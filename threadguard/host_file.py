@@ -91,13 +91,20 @@ def ledger_path() -> str:
     return os.environ.get(ENV_VAR) or default_path()
 
 
+def _stat_fields(pid: int) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the command name (which may
+    hold spaces and parentheses): the state first. FileNotFoundError when
+    the process is gone."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2:].split()
+
+
 def process_start(pid: int) -> float | None:
     """When ``pid`` started (clock ticks since boot on Linux), None when it
     does not exist. Compared exactly: two reads for one process agree."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return float(data[data.rindex(b")") + 2:].split()[19])
+        return float(_stat_fields(pid)[19])
     except FileNotFoundError:
         return None
     except (OSError, ValueError, IndexError):
@@ -119,12 +126,10 @@ def _stopped(pid: int) -> bool:
     """Whether ``pid`` is stopped (SIGSTOP, a debugger) or gone: it will not
     release a lock soon."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rindex(b")") + 2:data.rindex(b")") + 3] in (b"T", b"t", b"Z", b"X")
+        return _stat_fields(pid)[0] in (b"T", b"t", b"Z", b"X")
     except FileNotFoundError:
         return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         return False
 
 

@@ -21,6 +21,8 @@ def pools_outside(members: set[int], me: int) -> list[tuple[int, str, int, list[
     skipped: only what can be seen is reported."""
     import psutil
 
+    from .._errors import ThreadguardError
+    from ..libraries import read_maps
     from ..runtime_libs import classify
     out = []
     for proc in psutil.process_iter(["pid", "num_threads", "cmdline"]):
@@ -29,9 +31,8 @@ def pools_outside(members: set[int], me: int) -> list[tuple[int, str, int, list[
         if pid in members or pid == me or (info["num_threads"] or 0) < 2:
             continue
         try:
-            with open(f"/proc/{pid}/maps") as f:
-                names = {classify(line.rsplit(" ", 1)[-1].strip()) for line in f if ".so" in line}
-        except OSError:  # gone, or not ours
+            names = {classify(m.path) for m in read_maps(pid)}
+        except (ThreadguardError, OSError):  # gone, or not ours
             continue
         runtimes = sorted(n[1] for n in names if n)
         if runtimes:
