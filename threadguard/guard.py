@@ -171,9 +171,9 @@ class _Entry:
 
     def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None,
                  thread_grant=0):
-        # (frame, instruction) of the with statement that entered (None: entered
-        # by a call). The frame itself is held, not its id: ids of ended frames
-        # are reused, and a section may outlive the frame that entered it.
+        # (frame, instruction) that entered; a with statement's is judged by it
+        # (_statement). The frame itself is held, not its id: ids of ended
+        # frames are reused, and a section may outlive the frame that entered it.
         self.site = site
         self.section, self.thread, self.want, self.capacity = section, thread, want, capacity
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
@@ -257,6 +257,9 @@ class _Ledger:
 _ledger = _Ledger()
 _get_ident, _getframe, _new_row = threading.get_ident, sys._getframe, tuple.__new__
 _current_thread = threading.current_thread
+# Thread objects by id, as current_thread() finds them, without its call
+# (a thread not started by threading is not there: current_thread() then).
+_threads_by_ident = threading._active
 _WITH_OPCODES = frozenset(opcode.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
                                                            "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
                           if name in opcode.opmap)
@@ -265,7 +268,8 @@ _WITH_OPCODES = frozenset(opcode.opmap[name] for name in ("BEFORE_WITH", "SETUP_
 def _after_fork_in_child() -> None:
     """Only the forking thread exists in the child: keep its sections only.
     Locks another thread held at fork are made anew."""
-    global _ledger
+    global _ledger, _threads_by_ident
+    _threads_by_ident = threading._active  # threading's own after-fork hook ran first
     _registry.lock = threading.RLock()
     _plans_here.clear()
     old, me = _ledger, threading.get_ident()
@@ -525,9 +529,7 @@ class budget:
         plan = self._plan or self.plan
         ident = _get_ident()
         caller = _getframe(1)
-        lasti = caller.f_lasti
-        # Only a with statement's entry may be judged by where it was made.
-        site = (caller, lasti) if caller.f_code.co_code[lasti] in _WITH_OPCODES else None
+        site = (caller, caller.f_lasti)  # judged only if a with statement (_statement)
         del caller
         if not (_ledger.stacks or plan.pin or self._apart or _ledger.busy == ident):
             if self._enter_alone(plan, ident, site):
@@ -565,7 +567,7 @@ class budget:
             process_limiters, thread_limiters = _registry.current()
             # A thread's own originals first: a process-wide setter may touch
             # them (torch.set_num_threads sets this thread's OpenMP limit).
-            thread = _current_thread()
+            thread = _threads_by_ident.get(ident) or _current_thread()
             if thread_limiters and led.thread_version.get(ident) != (_registry.version, thread):
                 _save_thread(ident, thread, thread_limiters)
             with led.lock:
@@ -579,8 +581,8 @@ class budget:
                     elif led.owners.get(ident) is not thread:  # a dead thread's id
                         _drop_stale(stack, None)
                         led.owners[ident] = thread
-                    elif site is not None and any(e.site == site for e in stack):
-                        _drop_stale(stack, entry.site)
+                    elif any(e.site == site for e in stack) and _statement(site):
+                        _drop_stale(stack, site)
                     if len(led.stacks) > 1:
                         _drop_dead_threads()  # their shares go back before this one is computed
                     if stack:
@@ -675,7 +677,7 @@ class budget:
                     thread_saved[lim.key] = lim.get()
                 except Exception:  # reported when applied
                     pass
-        thread = _current_thread()
+        thread = _threads_by_ident.get(ident) or _current_thread()
         try:
             with led.lock:
                 led.busy = ident  # first: a finalizer run from here must not take the lock
@@ -777,6 +779,13 @@ def _planned(topo, mode, requested, socket, pin, allow) -> tuple[Topology, Plan,
 
 
 # -- making the process follow the ledger ------------------------------------------
+
+def _statement(site) -> bool:
+    """Whether ``site`` (frame, instruction) is a with statement: only such
+    an entry may be judged by where it was made (one frame may call
+    ``__enter__`` of several sections from one place: ExitStack)."""
+    return site is not None and site[0].f_code.co_code[site[1]] in _WITH_OPCODES
+
 
 def _drop_stale(stack: list, site) -> None:
     """The same statement of the same live frame entered again while an entry
@@ -939,9 +948,10 @@ def _remove(entry: _Entry) -> None:
         # Entered later from the same frame by a with statement: lexically
         # inside this with block, so they ended with it (their exit was lost
         # to an exception raised as __exit__ began).
-        frame = entry.site[0] if entry.site else None
+        frame = entry.site[0] if _statement(entry.site) else None
         if frame is not None and index + 1 < len(stack):
-            for later in [e for e in stack[index + 1:] if e.site and e.site[0] is frame]:
+            for later in [e for e in stack[index + 1:]
+                          if e.site and e.site[0] is frame and _statement(e.site)]:
                 stack.remove(later)
                 _forget(later)
         stack.remove(entry)

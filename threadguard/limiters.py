@@ -62,17 +62,29 @@ class Limiter:
         return after
 
 
+# The runtimes' getters and setters are called keeping the GIL (PYFUNCTYPE):
+# handing it over and taking it back cost more than the call, which only
+# reads or writes a count (OpenBLAS may start its missing workers, under a
+# lock of its own that no thread holds while it waits for Python).
+_C_INT_GETTER = ctypes.PYFUNCTYPE(ctypes.c_int)
+_C_SETTER = ctypes.PYFUNCTYPE(None)
+
+
+def _address(fn) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
 def c_getter(fn) -> Callable[[], int | None]:
-    fn.restype, fn.argtypes = ctypes.c_int, []
-    return fn
+    return _C_INT_GETTER(_address(fn))
 
 
 def c_setter(fn) -> Callable[[int], object]:
+    setter = _C_SETTER(_address(fn))
     # No argtypes: ctypes passes a Python int as a C int by itself, at half
     # the cost of a declared converter (budgets call setters on every entry
     # and exit). Callers pass only ints already bounded by MAX_THREADS.
-    fn.restype, fn.argtypes = None, None
-    return fn
+    setter.argtypes = None
+    return setter
 
 
 def first_symbol(dynlib, names):
