@@ -8,8 +8,10 @@ ledger. Rounds alternate, side by side in one run; the wall time of a round
 is from the signal until the last process ends.
 
 Also measured side by side: joining and leaving the ledger (a lone
-host-scoped section), and a nested entry that changes no membership, host
-vs process scope (CPU time of the calling thread, median of batches).
+host-scoped section), and entries that change no membership, host vs
+process scope: nested in a section of the same thread, and beside a
+section another thread holds (CPU time of the calling thread, median of
+batches).
 
 Costs are counted in instructions too (``--instructions``: valgrind, as
 ``budget_instructions.py``), since CPU times on a shared VM swing.
@@ -72,33 +74,69 @@ def cpu_per_call(section, batches: int = 15, calls: int = 2000) -> float:
     return statistics.median(samples)
 
 
-NESTED = """
-import ctypes, glob, os, sys, sysconfig
+# Entries that change no membership, in the main thread: nested in its own
+# section, or beside a section another thread holds for the whole loop.
+NO_CHANGE = """
+import ctypes, glob, os, sys, sysconfig, threading
 import numpy, threadguard
 site = sysconfig.get_paths()["purelib"]
 ctypes.CDLL(glob.glob(os.path.join(site, "scikit_learn.libs", "libgomp*.so*"))[0])
 numpy.ones((64, 64)) @ numpy.ones((64, 64))
-scope = os.environ["SCOPE"]
-with threadguard.budget(1, scope=scope):
-    for _ in range(50):
-        with threadguard.budget(1, scope=scope): pass
-    for _ in range(int(sys.argv[1])):
-        with threadguard.budget(1, scope=scope): pass
+scope, case = os.environ["SCOPE"], os.environ["CASE"]
+inside, done = threading.Event(), threading.Event()
+def holder():
+    with threadguard.budget(1, scope=scope):
+        inside.set()
+        done.wait()
+if case == "beside":
+    t = threading.Thread(target=holder)
+    t.start()
+    inside.wait()
+else:
+    threadguard.budget(1, scope=scope).__enter__()
+for _ in range(50):
+    with threadguard.budget(1, scope=scope): pass
+for _ in range(int(sys.argv[1])):
+    with threadguard.budget(1, scope=scope): pass
+done.set()
 """
+CASES = ("nested", "beside")
 
 
-def nested_instructions(ledger: str) -> dict[str, float]:
-    """Instructions per nested enter+exit (main thread), by scope."""
+def no_change_instructions(ledger: str) -> dict[tuple[str, str], float]:
+    """Instructions per enter+exit of the main thread, by (case, scope)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from budget_instructions import main_thread_instructions
     out = {}
-    for scope in ("process", "host"):
-        env = dict(os.environ, SCOPE=scope, THREADGUARD_LEDGER=ledger)
-        with tempfile.TemporaryDirectory() as tmp:
-            few = main_thread_instructions(1000, tmp, NESTED, env)
-            many = main_thread_instructions(3000, tmp, NESTED, env)
-        out[scope] = (many - few) / 2000
+    for case in CASES:
+        for scope in ("process", "host"):
+            env = dict(os.environ, SCOPE=scope, CASE=case, THREADGUARD_LEDGER=ledger)
+            with tempfile.TemporaryDirectory() as tmp:
+                few = main_thread_instructions(1000, tmp, NO_CHANGE, env)
+                many = main_thread_instructions(3000, tmp, NO_CHANGE, env)
+            out[case, scope] = (many - few) / 2000
     return out
+
+
+def beside_cpu_per_call(scope: str) -> float:
+    """CPU time per entry while another thread holds a section of ``scope``."""
+    import threading
+    import threadguard
+    inside, done = threading.Event(), threading.Event()
+
+    def holder():
+        with threadguard.budget(1, scope=scope):
+            inside.set()
+            done.wait()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    inside.wait()
+    try:
+        return cpu_per_call(lambda: threadguard.budget(1, scope=scope))
+    finally:
+        done.set()
+        t.join()
 
 
 def main() -> None:
@@ -106,7 +144,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--processes", type=int, default=3)
     parser.add_argument("--instructions", action="store_true",
-                        help="also count the nested entry's instructions (valgrind)")
+                        help="also count the no-change entries' instructions (valgrind)")
     args = parser.parse_args()
     ledger = os.path.join(tempfile.mkdtemp(prefix="threadguard-bench-"), "host.ledger")
     walls: dict[str, list[float]] = {"process": [], "host": []}
@@ -129,19 +167,25 @@ def main() -> None:
     import threadguard
     lone_process = cpu_per_call(lambda: threadguard.budget(1), calls=500)
     lone_host = cpu_per_call(lambda: threadguard.budget(1, scope="host"), calls=500)
-    with threadguard.budget(1, scope="host"):
-        nested_host = cpu_per_call(lambda: threadguard.budget(1, scope="host"))
-    with threadguard.budget(1):
-        nested_process = cpu_per_call(lambda: threadguard.budget(1))
+    cpu = {}
+    for scope in ("process", "host"):
+        with threadguard.budget(1, scope=scope):
+            cpu["nested", scope] = cpu_per_call(lambda: threadguard.budget(1, scope=scope))
+        cpu["beside", scope] = beside_cpu_per_call(scope)
     print("enter+exit, CPU time per call (median of batches):")
     print(f"  lone budget(1): process {lone_process * 1e6:.1f} us, host (join and leave) "
           f"{lone_host * 1e6:.1f} us")
-    print(f"  nested, no change in membership: process {nested_process * 1e6:.1f} us, "
-          f"host {nested_host * 1e6:.1f} us ({nested_host / nested_process:.2f}x)")
+    for case, what in zip(CASES, ("nested in a section of its thread",
+                                  "beside another thread's section")):
+        p, h = cpu[case, "process"], cpu[case, "host"]
+        print(f"  no change in membership, {what}: process {p * 1e6:.1f} us, "
+              f"host {h * 1e6:.1f} us ({h / p:.2f}x)")
     if args.instructions:
-        counts = nested_instructions(ledger)
-        print(f"  nested, instructions: process {counts['process']:,.0f}, host "
-              f"{counts['host']:,.0f} ({counts['host'] / counts['process']:.3f}x)")
+        counts = no_change_instructions(ledger)
+        print("enter+exit, instructions of the calling thread (valgrind):")
+        for case in CASES:
+            p, h = counts[case, "process"], counts[case, "host"]
+            print(f"  {case}: process {p:,.0f}, host {h:,.0f} ({h / p:.3f}x)")
 
 
 if __name__ == "__main__":

@@ -71,8 +71,35 @@ def snapshot(workers) -> dict:
         "sections": guard.sections_inside(),
         # Host-scoped sections held, and this process's slots in the host ledger.
         "host_holds": dict(host._member.holds),
+        "guard_host": (dict(guard._ledger.host_live), guard._ledger.host_covered,
+                       guard._ledger.host_cover, guard._ledger.host_cover_pinned),
         "host_slots": [s.index for s in host.participants() if s.pid == os.getpid()],
     }
+
+
+def host_cover_problems() -> list[str]:
+    """What breaks the guard's host accounting between steps: covered
+    entries counted as many as there are, each within a live hold of this
+    process that asks as much, every live hold held in the host ledger,
+    nothing left to give back."""
+    led = guard._ledger
+    with led.lock:
+        entries = [e for stack in led.stacks.values() for e in stack]
+        live, covered, forgotten = dict(led.host_live), led.host_covered, list(led.forgotten)
+    problems = []
+    counted = [e for e in entries if e.covered]
+    if covered != len(counted):
+        problems.append(f"{covered} covered counted, {len(counted)} inside")
+    for e in counted:
+        need = e.section.plan.threads * e.section._host_callers
+        if not any(a >= need and (p or e.pin is None) for a, p in live.values()):
+            problems.append(f"covered entry asking {need} has no live hold as large: {live}")
+    for token in live:
+        if token not in host._member.holds:
+            problems.append(f"live hold {token} not held: {host._member.holds}")
+    if forgotten:
+        problems.append(f"holds left to give back: {forgotten}")
+    return problems
 
 
 class Driver:

@@ -31,7 +31,7 @@ other = subprocess.Popen([sys.executable, "-c",
     stdin=subprocess.PIPE)
 import numpy
 from hypothesis import HealthCheck, given, settings, strategies as st
-from guard_driver import Driver, pools, snapshot
+from guard_driver import Driver, host_cover_problems, pools, snapshot
 
 drv = Driver(3, {gomp!r})
 initial = snapshot(drv.workers)
@@ -72,6 +72,7 @@ def sequence(steps):
                     drv.load_runtime(who, {iomp!r})
             elif op == "fork":
                 assert drv.fork(who) == "ok"
+            assert host_cover_problems() == [], host_cover_problems()
             now = pools()
             if initial["sections"] == 0 and not any(w.entered for w in drv.workers):
                 assert now == initial["pools"], (now, initial["pools"])
@@ -101,6 +102,68 @@ def test_random_sequences_leave_everything_as_it_was(tmp_path):
                            examples=int(os.environ.get("THREADGUARD_PROPERTY_EXAMPLES", "60")))
     with python_child(code, env={"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None,
                                  "THREADGUARD_LEDGER": str(tmp_path / "host.ledger")},
+                      timeout=600) as child:
+        failures = child.facts["failures"]
+    assert not failures, failures[0]
+
+
+HOST_PROPERTY = """
+import os, subprocess, sys, traceback
+sys.path.insert(0, {tests!r})
+other = subprocess.Popen([sys.executable, "-c",
+    "import sys, threadguard; threadguard.budget(scope='host').__enter__(); sys.stdin.read()"],
+    stdin=subprocess.PIPE)
+import numpy
+from hypothesis import HealthCheck, given, settings, strategies as st
+from guard_driver import Driver, host_cover_problems, snapshot
+
+drv = Driver(3, None)
+initial = snapshot(drv.workers)
+thread = st.integers(0, 2)
+step = st.one_of(
+    st.tuples(st.just("enter"), thread, st.integers(1, 3), st.booleans(),
+              st.sampled_from(["host", "host", "process"])),
+    st.tuples(st.just("exit"), thread, st.integers(0, 5)),
+)
+failures = []
+
+@settings(max_examples={examples}, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(st.lists(step, min_size=2, max_size=12))
+def sequence(steps):
+    try:
+        for op, who, *args in steps:
+            if op == "enter":
+                threads, pin, scope = args
+                drv.enter(who, threads, False, pin, False, scope)
+            else:
+                drv.exit(who, args[0])
+            assert host_cover_problems() == [], (steps, host_cover_problems())
+    finally:
+        drv.unwind()
+    after = snapshot(drv.workers)
+    assert after == initial, {{k: (initial[k], after[k]) for k in after if after[k] != initial[k]}}
+
+try:
+    sequence()
+except Exception:
+    failures.append(traceback.format_exc())
+other.stdin.close()
+other.wait()
+report(failures=failures)
+drv.close()
+"""
+
+
+def test_host_scoped_sections_in_any_order_stay_covered_and_give_everything_back(tmp_path):
+    """Host-scoped sections in three threads, entered and left in any order:
+    after every step each section that holds nothing of its own is inside
+    a live hold of this process that asks as much (the hold stays while
+    such sections are inside, even when its own section left), every live
+    hold is held in the host ledger, and at the end nothing is held."""
+    code = HOST_PROPERTY.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                examples=int(os.environ.get("THREADGUARD_PROPERTY_EXAMPLES", "60")))
+    with python_child(code, env={"THREADGUARD_LEDGER": str(tmp_path / "host.ledger")},
                       timeout=600) as child:
         failures = child.facts["failures"]
     assert not failures, failures[0]

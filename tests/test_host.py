@@ -668,6 +668,87 @@ def test_ctrl_c_anywhere_in_entry_or_exit_leaves_nothing_held(ledger):
     assert result["after"] == CPUS
 
 
+INTERRUPTED_COVERED = r"""
+import json, os, sys, threading, time
+import numpy
+import threadguard
+from threadguard import guard, host, host_file
+from threadpoolctl import threadpool_info
+
+def blas():
+    return [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"][0]
+
+numpy.ones((64, 64)) @ numpy.ones((64, 64))
+before = blas()
+ours = {guard.__file__, host.__file__, host_file.__file__}
+EXIT = guard.budget.__exit__.__code__
+
+def cycle(fire_at):
+    # Another thread holds part of the host; this thread's section is covered
+    # by that hold. The other thread leaves while this one is inside (its hold
+    # stays, kept for this section), then this one leaves. A KeyboardInterrupt
+    # is raised as the fire_at-th call of this thread into threadguard starts.
+    inside, leave, left = threading.Event(), threading.Event(), threading.Event()
+    def holder():
+        with threadguard.budget(1, scope="host"):
+            inside.set()
+            leave.wait()
+        left.set()
+    t = threading.Thread(target=holder)
+    t.start()
+    inside.wait()
+    seen = [0]
+    def tracer(frame, event, arg):
+        if (event == "call" and frame.f_code.co_filename in ours
+                and frame.f_code is not EXIT):
+            seen[0] += 1
+            if seen[0] == fire_at:
+                raise KeyboardInterrupt
+    sys.settrace(tracer)
+    try:
+        with threadguard.budget(1, scope="host"):
+            leave.set()
+            left.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+        leave.set()
+        t.join()
+    return seen[0]
+
+events = cycle(0)
+bad = []
+for n in range(1, events + 1):
+    cycle(n)
+    deadline = time.monotonic() + 5  # an interrupted write is finished by the watcher
+    while time.monotonic() < deadline and (
+            os.getpid() in [s.pid for s in host.participants()] or host._member.index is not None):
+        time.sleep(0.05)
+    led = guard._ledger
+    state = (guard.sections_inside(), dict(host._member.holds), host._member.index,
+             os.getpid() in [s.pid for s in host.participants()], led.host_cap,
+             dict(led.host_live), led.host_covered, list(led.forgotten), blas())
+    if state != (0, {}, None, False, None, {}, 0, [], before):
+        bad.append((n, state))
+print(json.dumps({"events": events, "bad": bad[:5]}))
+"""
+
+
+@needs_two
+def test_ctrl_c_anywhere_in_a_covered_section_leaves_nothing_held(ledger):
+    """A section covered by another thread's hold, which is kept after that
+    thread leaves: a KeyboardInterrupt raised at each call into threadguard
+    in turn during its entry and exit leaves nothing held once both left."""
+    out = subprocess.run([sys.executable, "-c", INTERRUPTED_COVERED], capture_output=True,
+                         text=True, timeout=600, env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
+                                                          THREADGUARD_LEDGER=str(ledger)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["events"] > 10  # the entry and exit were really traced
+    assert result["bad"] == []
+
+
 def test_a_nested_section_never_raises_the_processs_ask(ledger):
     code = r"""
 import json, threadguard

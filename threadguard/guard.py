@@ -184,17 +184,28 @@ class _Entry:
         return _shares.Top(self.want, self.capacity, self.thread_grant)
 
     host_token = 0  # its hold in the host ledger: process-scoped entries have none
+    covered = 0  # 1: host-scoped, inside a hold of this process that asks as much
 
 
 class _HostEntry(_Entry):
-    """An entry of a host-scoped section that holds part of the host (a
-    nested one its thread's enclosing section covers is a plain entry)."""
+    """An entry of a host-scoped section that holds part of the host: none
+    of this process's live holds asked as much when it entered."""
 
-    __slots__ = ("host_token",)
+    __slots__ = ("host_token", "host_ask")
 
     def __init__(self, *args):
         _Entry.__init__(self, *args)
         self.host_token = 0
+        self.host_ask = (0, False)  # (asked, pinned) of its hold
+
+
+class _CoveredEntry(_Entry):
+    """An entry of a host-scoped section that a live hold of this process
+    (any thread's) covers: no change in membership, nothing of its own to
+    hold; the hold stays while it is inside (``_host_out``)."""
+
+    __slots__ = ()
+    covered = 1
 
 
 class _Ledger:
@@ -218,7 +229,15 @@ class _Ledger:
         self.pinned_to: frozenset | None = None
         self.mempolicy_saved: dict[int, object] = {}  # thread -> (mode, nodes)
         self.host_cap: int | None = None  # this process's grant from the host ledger
-        self.forgotten: list[int] = []  # host holds of entries dropped without their exit
+        self.forgotten: list[int] = []  # host holds to give back once the lock is let go
+        # Host holds of this process, live: token -> (asked, pinned). Those of
+        # entries inside, and keepers: holds whose entry left while sections
+        # they covered were inside (kept until the last of those leaves).
+        self.host_live: dict[int, tuple[int, bool]] = {}
+        self.host_keep: frozenset = frozenset()
+        self.host_cover = 0  # the most a live hold asked
+        self.host_cover_pinned = 0  # the most a live pinned hold asked
+        self.host_covered = 0  # covered entries inside
         self.inherited_cpus: tuple | None = None  # a forked child's: the CPUs its parent held
         # Only lone sections entered and left the fast way since the ledger was
         # last found clean: set False by every other entry, found again when
@@ -231,7 +250,7 @@ class _Ledger:
         return (self.env_saved is None and self.pinned_to is None and not self.natural_keys
                 and not self.env_dirty and not self.pin_dirty and not self.mempolicy_saved
                 and not self.env_entries and not self.pending and not self.process_saved
-                and self.host_cap is None)
+                and self.host_cap is None and not self.host_live and not self.host_covered)
 
     def tops(self, skip: int | None = None) -> list[_shares.Top]:
         return [s[-1].top() for i, s in self.stacks.items() if s and i != skip]
@@ -292,6 +311,7 @@ def _after_fork_in_child() -> None:
     for entry in new.stacks.get(me, ()):
         if type(entry) is _HostEntry:
             entry.host_token = 0
+    new.host_covered = sum(e.covered for e in new.stacks.get(me, ()))
     new.host_cap = old.host_cap if new.stacks else None
     new.inherited_cpus = (_host.forked_cpus or old.inherited_cpus) if new.stacks else None
     if me in old.owners:
@@ -359,6 +379,8 @@ def _host_changed() -> None:
                 _sync_process(process_limiters, None)
                 if led.pinned_to is not None:
                     _sync_affinity(None)
+            else:  # the grant left with the last section: the fast way again
+                led.plain = led.clean()
         finally:
             led.busy = None
 
@@ -390,9 +412,60 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
                           "covers this process only", HostLedgerWarning, stacklevel=4)
         entry.applied.append(Applied("host ledger", PROCESS, None, None, "skipped", None, reason))
         return
+    entry.host_ask = (asked, bool(plan.pin))
     _ledger.host_cap = grant
     entry.applied.append(_new_row(Applied, ("host ledger", PROCESS, asked, grant, "applied",
                                             _host.path(), "asked, granted")))
+
+
+def _cover_of(live: dict) -> tuple[int, int]:
+    """The most a live hold asked, and the most a pinned one asked."""
+    cover = pinned = 0
+    for asked, pin in live.values():
+        if asked > cover:
+            cover = asked
+        if pin and asked > pinned:
+            pinned = asked
+    return cover, pinned
+
+
+def _host_out(entry: _Entry) -> None:
+    """``entry`` is out (the ledger's lock is held). Its hold stays, as a
+    keeper, while sections it covered are inside and no other live hold
+    asks as much; else it is given back once the lock is let go
+    (``_release_forgotten``). Keepers go with the last covered section.
+    The new state is computed first and put in place by one assignment:
+    an exception a signal handler raises meanwhile leaves the old one."""
+    led = _ledger
+    live, keep, gone = dict(led.host_live), set(led.host_keep), []
+    token = entry.host_token
+    held = live.pop(token, None) if token else None
+    if held is not None:
+        asked, pin = held
+        if led.host_covered and not any(a >= asked and (p or not pin) for a, p in live.values()):
+            for kept in [t for t in keep if asked >= live[t][0] and (pin or not live[t][1])]:
+                keep.discard(kept)
+                del live[kept]
+                gone.append(kept)
+            keep.add(token)
+            live[token] = held
+        else:
+            gone.append(token)
+    elif token:
+        gone.append(token)  # never live (an interrupted entry): given back all the same
+    if keep and not led.host_covered:
+        gone.extend(keep)
+        for kept in keep:
+            del live[kept]
+        keep = set()
+    cover, pinned = _cover_of(live)
+    if token:
+        entry.host_token, led.host_live, led.host_keep, led.host_cover, led.host_cover_pinned = (
+            0, live, frozenset(keep), cover, pinned)
+    else:
+        led.host_live, led.host_keep, led.host_cover, led.host_cover_pinned = (
+            live, frozenset(keep), cover, pinned)
+    led.forgotten += gone
 
 
 def _release_host(entry: _Entry) -> None:
@@ -430,6 +503,9 @@ class budget:
             elif scope not in SCOPES:
                 raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
             self.scope = scope
+            # A given topology is not this machine's: nothing to share with its host.
+            self._apart = joins = scope == "host" and topology is None
+            self._kind = _CoveredEntry if joins else _Entry
         if threads is not None and (type(threads) is not int or not 0 < threads <= MAX_THREADS):
             check_count(threads, upper=MAX_THREADS)  # raises, naming the valid range
         self.requested = threads
@@ -437,10 +513,8 @@ class budget:
         self.pin = pin
         self.socket = socket
         self.env = bool(env)
-        if env or self.scope == "host":  # never the lone way (exports, or the host's part)
+        if env:  # never the lone way (exports; host scope: its part of the host)
             self._apart = True
-            # A given topology is not this machine's: nothing to share with its host.
-            self._joins = self.scope == "host" and topology is None
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
         self._plan: Plan | None = plan
@@ -459,7 +533,9 @@ class budget:
 
     scope = "process"  # or "host": share the host through its ledger (set per object)
     _apart = False  # True: entries take the general way (env=True, or host scope)
-    _joins = False  # True: entries take part in the host ledger
+    # Entries' kind: host scope's are covered by a live hold of this process
+    # or, checked under the lock, join the host ledger (_HostEntry).
+    _kind: type = _Entry
     _last_applied: list | tuple = ()  # the last entry's report rows (no cycle to the entry)
     # Host scope: threads that call this process's pools at once (a Dask
     # worker's task threads); its ask counts them all, each gets a part.
@@ -534,19 +610,8 @@ class budget:
         if not (_ledger.stacks or plan.pin or self._apart or _ledger.busy == ident):
             if self._enter_alone(plan, ident, site):
                 return self
-        kind = _Entry
+        kind = self._kind
         led = _ledger
-        if self._joins:
-            # Inside a host-scoped section of this thread that holds part of
-            # the host (and pins, if this one does): a nested section never
-            # uses more than it, so no change in membership, nothing to hold
-            # (report() tells the grant).
-            kind = _HostEntry
-            for outer in reversed(led.stacks.get(ident) or ()):
-                if outer.host_token:
-                    if outer.pin is not None or not plan.pin:
-                        kind = _Entry
-                    break
         if plan.pin:
             entry = kind(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
                          tuple(plan.memory_nodes or ()), self.env, site)
@@ -562,43 +627,65 @@ class budget:
             self._inert[ident] = self._inert.get(ident, 0) + 1
             return self
         try:
-            if kind is _HostEntry:
-                _join_host(entry, plan)
-            process_limiters, thread_limiters = _registry.current()
-            # A thread's own originals first: a process-wide setter may touch
-            # them (torch.set_num_threads sets this thread's OpenMP limit).
-            thread = _threads_by_ident.get(ident) or _current_thread()
-            if thread_limiters and led.thread_version.get(ident) != (_registry.version, thread):
-                _save_thread(ident, thread, thread_limiters)
-            with led.lock:
-                led.busy = ident
-                led.plain = False
-                try:
-                    stack = led.stacks.get(ident)
-                    if stack is None:
-                        stack = led.stacks[ident] = []
-                        led.owners[ident] = thread
-                    elif led.owners.get(ident) is not thread:  # a dead thread's id
-                        _drop_stale(stack, None)
-                        led.owners[ident] = thread
-                    elif any(e.site == site for e in stack) and _statement(site):
-                        _drop_stale(stack, site)
-                    if len(led.stacks) > 1:
-                        _drop_dead_threads()  # their shares go back before this one is computed
-                    if stack:
-                        entry.want = _shares.nested_want(plan.threads, stack[-1].top())
-                    others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
-                    _, entry.thread_grant = _shares.entry_grants(
-                        entry.want, led.capacity(entry), others)
-                    stack.append(entry)
-                    led.env_entries += entry.env
-                    if kind is _HostEntry:  # the grant now: the watcher may have moved it
-                        led.host_cap = _host.grant()
-                    _sync_process(process_limiters, entry.applied)
-                    if entry.pin is not None:
-                        _sync_affinity(entry.applied)
-                finally:
-                    led.busy = None
+            while True:  # twice at most: a covered entry whose cover left meanwhile joins
+                if kind is _HostEntry:
+                    _join_host(entry, plan)
+                process_limiters, thread_limiters = _registry.current()
+                # A thread's own originals first: a process-wide setter may touch
+                # them (torch.set_num_threads sets this thread's OpenMP limit).
+                thread = _threads_by_ident.get(ident) or _current_thread()
+                if thread_limiters and led.thread_version.get(ident) != (_registry.version, thread):
+                    _save_thread(ident, thread, thread_limiters)
+                with led.lock:
+                    led.busy = ident
+                    led.plain = False
+                    try:
+                        stack = led.stacks.get(ident)
+                        if stack is None:
+                            stack = led.stacks[ident] = []
+                            led.owners[ident] = thread
+                        elif led.owners.get(ident) is not thread:  # a dead thread's id
+                            _drop_stale(stack, None)
+                            led.owners[ident] = thread
+                        elif any(e.site == site for e in stack) and _statement(site):
+                            _drop_stale(stack, site)
+                        if len(led.stacks) > 1:
+                            _drop_dead_threads()  # their shares go back before this one is computed
+                        # Host scope: covered when a live hold of this process asks
+                        # as much (pinned, if this pins): no change in membership,
+                        # nothing to hold (report() tells the grant). Else join.
+                        if kind is _CoveredEntry and plan.threads * self._host_callers > (
+                                led.host_cover_pinned if plan.pin else led.host_cover):
+                            if not stack:  # nothing of it is in: join, then enter
+                                led.stacks.pop(ident, None)
+                                led.owners.pop(ident, None)
+                        else:
+                            if stack:
+                                entry.want = _shares.nested_want(plan.threads, stack[-1].top())
+                            others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
+                            _, entry.thread_grant = _shares.entry_grants(
+                                entry.want, led.capacity(entry), others)
+                            if kind is _HostEntry:
+                                if entry.host_token:  # live: the sections it covers count on it
+                                    live = dict(led.host_live)
+                                    live[entry.host_token] = entry.host_ask
+                                    cover, pinned = _cover_of(live)
+                                    led.host_live, led.host_cover, led.host_cover_pinned = (
+                                        live, cover, pinned)
+                                led.host_cap = _host.grant()  # the watcher may have moved it
+                            # Counted and in with no call between (no signal lands there).
+                            led.env_entries += entry.env
+                            led.host_covered += entry.covered
+                            stack += (entry,)
+                            _sync_process(process_limiters, entry.applied)
+                            if entry.pin is not None:
+                                _sync_affinity(entry.applied)
+                            break
+                    finally:
+                        led.busy = None
+                kind = _HostEntry  # not covered: join, then enter
+                entry = _HostEntry(self, ident, plan.threads, self._capacity, entry.pin,
+                                   entry.memory_nodes, self.env, site)
             if led.forgotten:
                 _release_forgotten()
             if led.pending:
@@ -806,10 +893,9 @@ def _forget(entry: _Entry) -> None:
     for another process's file lock, which no budget call should wait for."""
     led = _ledger
     led.env_entries -= entry.env
-    token = entry.host_token
-    if token:
-        entry.host_token = 0
-        led.forgotten.append(token)
+    led.host_covered -= entry.covered
+    if entry.host_token or (led.host_keep and not led.host_covered):
+        _host_out(entry)
 
 
 def _release_forgotten() -> None:
@@ -818,10 +904,18 @@ def _release_forgotten() -> None:
     led = _ledger
     while led.forgotten:
         try:
-            _host.release(led.forgotten.pop())
+            token = led.forgotten[-1]
+        except IndexError:  # another thread gave the last one back
+            break
+        try:
+            _host.release(token)  # given back twice counts once
         except Exception:  # the watcher settles the file
             pass
-        led.host_cap = _host.grant()
+        try:
+            led.forgotten.remove(token)
+        except ValueError:
+            pass
+    _host_changed()  # the process's limits follow its grant now
 
 
 def _drain_pending() -> None:
@@ -896,8 +990,8 @@ def _leave(entry: _Entry) -> None:
     pending = None
     for _ in range(3):
         try:
-            if entry.host_token:
-                _release_host(entry)
+            if entry.host_token and entry.host_token not in _ledger.host_live:
+                _release_host(entry)  # an entry interrupted before its hold was live
             _remove_and_sync(entry)
             break
         except BaseException as err:  # KeyboardInterrupt mid-restore: finish first
@@ -948,14 +1042,19 @@ def _remove(entry: _Entry) -> None:
         # Entered later from the same frame by a with statement: lexically
         # inside this with block, so they ended with it (their exit was lost
         # to an exception raised as __exit__ began).
-        frame = entry.site[0] if _statement(entry.site) else None
-        if frame is not None and index + 1 < len(stack):
+        if index + 1 < len(stack) and _statement(entry.site):
+            frame = entry.site[0]
             for later in [e for e in stack[index + 1:]
                           if e.site and e.site[0] is frame and _statement(e.site)]:
                 stack.remove(later)
                 _forget(later)
-        stack.remove(entry)
+            index = stack.index(entry)
+        # Out and uncounted with no call between (no signal lands there).
+        del stack[index]
         led.env_entries -= entry.env
+        led.host_covered -= entry.covered
+    if entry.host_token or (led.host_keep and not led.host_covered):
+        _host_out(entry)
     if not stack:
         led.stacks.pop(entry.thread, None)
         led.owners.pop(entry.thread, None)
