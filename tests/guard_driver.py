@@ -71,32 +71,39 @@ def snapshot(workers) -> dict:
         "sections": guard.sections_inside(),
         # Host-scoped sections held, and this process's slots in the host ledger.
         "host_holds": dict(host._member.holds),
-        "guard_host": (dict(guard._ledger.host_live), guard._ledger.host_covered,
+        "guard_host": (dict(guard._ledger.host_live), set(guard._ledger.host_keep),
                        guard._ledger.host_cover, guard._ledger.host_cover_pinned),
         "host_slots": [s.index for s in host.participants() if s.pid == os.getpid()],
     }
 
 
 def host_cover_problems() -> list[str]:
-    """What breaks the guard's host accounting between steps: covered
-    entries counted as many as there are, each within a live hold of this
-    process that asks as much, every live hold held in the host ledger,
-    nothing left to give back."""
+    """What breaks the guard's host accounting between steps: each entry
+    that holds nothing of its own is within a live hold of this process
+    that asks as much, every live hold is held in the host ledger, no hold
+    is kept that no entry needs, nothing is left to give back."""
     led = guard._ledger
     with led.lock:
         entries = [e for stack in led.stacks.values() for e in stack]
-        live, covered, forgotten = dict(led.host_live), led.host_covered, list(led.forgotten)
+        live, keep, forgotten = dict(led.host_live), set(led.host_keep), list(led.forgotten)
     problems = []
-    counted = [e for e in entries if e.covered]
-    if covered != len(counted):
-        problems.append(f"{covered} covered counted, {len(counted)} inside")
-    for e in counted:
-        need = e.section.plan.threads * e.section._host_callers
+    cpus = guard.current_topology().effective_cpus
+    covered = [e for e in entries if e.covered]
+    for e in covered:
+        need = min(e.want * e.section._host_callers, cpus)
         if not any(a >= need and (p or e.pin is None) for a, p in live.values()):
             problems.append(f"covered entry asking {need} has no live hold as large: {live}")
+    holders = {e.host_token for e in entries if e.host_token}
     for token in live:
         if token not in host._member.holds:
             problems.append(f"live hold {token} not held: {host._member.holds}")
+        if token not in holders and token not in keep:
+            problems.append(f"live hold {token} of no entry, not kept")
+    for token in keep:  # kept only while an entry needs it
+        rest = [held for t, held in live.items() if t != token]
+        if all(any(a >= min(e.want * e.section._host_callers, cpus) and (p or e.pin is None)
+                   for a, p in rest) for e in covered):
+            problems.append(f"hold {token} kept, needed by no entry: {live}")
     if forgotten:
         problems.append(f"holds left to give back: {forgotten}")
     return problems

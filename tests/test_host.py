@@ -728,8 +728,8 @@ for n in range(1, events + 1):
     led = guard._ledger
     state = (guard.sections_inside(), dict(host._member.holds), host._member.index,
              os.getpid() in [s.pid for s in host.participants()], led.host_cap,
-             dict(led.host_live), led.host_covered, list(led.forgotten), blas())
-    if state != (0, {}, None, False, None, {}, 0, [], before):
+             dict(led.host_live), sorted(led.host_keep), list(led.forgotten), blas())
+    if state != (0, {}, None, False, None, {}, [], [], before):
         bad.append((n, state))
 print(json.dumps({"events": events, "bad": bad[:5]}))
 """

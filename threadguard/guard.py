@@ -171,9 +171,9 @@ class _Entry:
 
     def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None,
                  thread_grant=0):
-        # (frame, instruction) that entered; a with statement's is judged by it
-        # (_statement). The frame itself is held, not its id: ids of ended
-        # frames are reused, and a section may outlive the frame that entered it.
+        # (frame, instruction) of the with statement that entered (None: entered
+        # by a call). The frame itself is held, not its id: ids of ended frames
+        # are reused, and a section may outlive the frame that entered it.
         self.site = site
         self.section, self.thread, self.want, self.capacity = section, thread, want, capacity
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
@@ -202,7 +202,7 @@ class _HostEntry(_Entry):
 class _CoveredEntry(_Entry):
     """An entry of a host-scoped section that a live hold of this process
     (any thread's) covers: no change in membership, nothing of its own to
-    hold; the hold stays while it is inside (``_host_out``)."""
+    hold; the hold stays while it is inside (``_host_settle``)."""
 
     __slots__ = ()
     covered = 1
@@ -237,7 +237,9 @@ class _Ledger:
         self.host_keep: frozenset = frozenset()
         self.host_cover = 0  # the most a live hold asked
         self.host_cover_pinned = 0  # the most a live pinned hold asked
-        self.host_covered = 0  # covered entries inside
+        # Entries with a part of the host were dropped without their exit: the
+        # holds are settled at the next exit (an interrupted drop leaves it set).
+        self.host_dirty = False
         self.inherited_cpus: tuple | None = None  # a forked child's: the CPUs its parent held
         # Only lone sections entered and left the fast way since the ledger was
         # last found clean: set False by every other entry, found again when
@@ -250,7 +252,7 @@ class _Ledger:
         return (self.env_saved is None and self.pinned_to is None and not self.natural_keys
                 and not self.env_dirty and not self.pin_dirty and not self.mempolicy_saved
                 and not self.env_entries and not self.pending and not self.process_saved
-                and self.host_cap is None and not self.host_live and not self.host_covered)
+                and self.host_cap is None and not self.host_live)
 
     def tops(self, skip: int | None = None) -> list[_shares.Top]:
         return [s[-1].top() for i, s in self.stacks.items() if s and i != skip]
@@ -311,7 +313,6 @@ def _after_fork_in_child() -> None:
     for entry in new.stacks.get(me, ()):
         if type(entry) is _HostEntry:
             entry.host_token = 0
-    new.host_covered = sum(e.covered for e in new.stacks.get(me, ()))
     new.host_cap = old.host_cap if new.stacks else None
     new.inherited_cpus = (_host.forked_cpus or old.inherited_cpus) if new.stacks else None
     if me in old.owners:
@@ -364,8 +365,9 @@ def _default_scope() -> str:
 
 
 def _host_changed() -> None:
-    """The watcher saw this process's grant or CPUs move: the process-wide
-    limits and the affinity follow now; thread limits at each thread's next entry."""
+    """This process's grant or CPUs may have moved (the watcher saw it, or a
+    hold was given back): the process-wide limits and the affinity follow
+    now; thread limits at each thread's next entry."""
     led = _ledger
     try:  # libraries loaded since the last entry are followed too
         process_limiters = _registry.current()[0]
@@ -393,12 +395,7 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
     """Take part in the host ledger for ``entry`` (before the ledger's lock:
     the file's lock may wait for another process)."""
     callers = entry.section._host_callers
-    # Never more than the CPUs this process may use, oversubscribed or not.
-    asked = max(1, min(plan.threads * callers, entry.capacity,
-                       current_topology().effective_cpus))
-    stack = _ledger.stacks.get(entry.thread)
-    if stack:  # nested: never more than the enclosing section lets it use
-        asked = min(asked, stack[-1].want * callers)
+    asked = _host_need(entry.section, plan, _ledger.stacks.get(entry.thread))
     # The token first: an entry interrupted during hold() gives it back on its way out.
     token = entry.host_token = _host.new_token()
     try:
@@ -429,42 +426,54 @@ def _cover_of(live: dict) -> tuple[int, int]:
     return cover, pinned
 
 
-def _host_out(entry: _Entry) -> None:
-    """``entry`` is out (the ledger's lock is held). Its hold stays, as a
-    keeper, while sections it covered are inside and no other live hold
-    asks as much; else it is given back once the lock is let go
-    (``_release_forgotten``). Keepers go with the last covered section.
-    The new state is computed first and put in place by one assignment:
-    an exception a signal handler raises meanwhile leaves the old one."""
+def _host_need(section: "budget", plan: Plan, stack) -> int:
+    """What a host-scoped entry asks: its threads (times the callers that
+    share it), never more than the CPUs this process may use, oversubscribed
+    or not; nested, never more than the enclosing section lets it use."""
+    callers = section._host_callers
+    asked = max(1, min(plan.threads * callers, section._capacity,
+                       current_topology().effective_cpus))
+    if stack:
+        asked = min(asked, stack[-1].want * callers)
+    return asked
+
+
+def _host_settle() -> None:
+    """Which of this process's holds stay live (the ledger's lock is held),
+    from the entries inside: every holder's own; of the others (holds whose
+    section left, or was dropped without its exit), the largest that a
+    covered entry still needs (no holder's covers it), pinned if it pins;
+    the rest are given back once the lock is let go (``_release_forgotten``).
+    Put in place by one assignment: an exception a signal handler raises
+    meanwhile leaves the old state, and the next settle finishes it."""
     led = _ledger
-    live, keep, gone = dict(led.host_live), set(led.host_keep), []
-    token = entry.host_token
-    held = live.pop(token, None) if token else None
-    if held is not None:
-        asked, pin = held
-        if led.host_covered and not any(a >= asked and (p or not pin) for a, p in live.values()):
-            for kept in [t for t in keep if asked >= live[t][0] and (pin or not live[t][1])]:
-                keep.discard(kept)
-                del live[kept]
-                gone.append(kept)
-            keep.add(token)
-            live[token] = held
-        else:
-            gone.append(token)
-    elif token:
-        gone.append(token)  # never live (an interrupted entry): given back all the same
-    if keep and not led.host_covered:
-        gone.extend(keep)
-        for kept in keep:
-            del live[kept]
-        keep = set()
-    cover, pinned = _cover_of(live)
-    if token:
-        entry.host_token, led.host_live, led.host_keep, led.host_cover, led.host_cover_pinned = (
-            0, live, frozenset(keep), cover, pinned)
-    else:
-        led.host_live, led.host_keep, led.host_cover, led.host_cover_pinned = (
-            live, frozenset(keep), cover, pinned)
+    holders, needs = {}, []
+    for stack in led.stacks.values():
+        for e in stack:
+            if e.host_token:
+                holders[e.host_token] = e.host_ask
+            elif e.covered:
+                needs.append((e.want * e.section._host_callers, e.pin is not None))
+    if needs:  # as asks are: never more than the CPUs this process may use
+        cpus = current_topology().effective_cpus
+        needs = [(min(n, cpus), pin) for n, pin in needs]
+    others = {t: held for t, held in led.host_live.items() if t not in holders}
+    keep = {}
+    unmet = [(n, pin) for n, pin in needs
+             if not any(a >= n and (p or not pin) for a, p in holders.values())]
+    if others and unmet:
+        pinned = [(held[0], t) for t, held in others.items() if held[1]]
+        if pinned and any(pin for _, pin in unmet):
+            best = max(pinned)[1]
+            keep[best] = others[best]
+        if any(not any(a >= n and (p or not pin) for a, p in keep.values()) for n, pin in unmet):
+            best = max((held[0], held[1], t) for t, held in others.items())[2]
+            keep[best] = others[best]
+    gone = [t for t in others if t not in keep]
+    live = {**holders, **keep}
+    cover, pinned_cover = _cover_of(live)
+    led.host_live, led.host_keep, led.host_cover, led.host_cover_pinned, led.host_dirty = (
+        live, frozenset(keep), cover, pinned_cover, False)
     led.forgotten += gone
 
 
@@ -513,7 +522,7 @@ class budget:
         self.pin = pin
         self.socket = socket
         self.env = bool(env)
-        if env:  # never the lone way (exports; host scope: its part of the host)
+        if env:  # never the lone way: exports
             self._apart = True
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
@@ -532,7 +541,7 @@ class budget:
             make_plan(topology or current_topology(), mode, socket=socket)
 
     scope = "process"  # or "host": share the host through its ledger (set per object)
-    _apart = False  # True: entries take the general way (env=True, or host scope)
+    _apart = False  # True: entries take the general way (env=True, or joining the host)
     # Entries' kind: host scope's are covered by a live hold of this process
     # or, checked under the lock, join the host ledger (_HostEntry).
     _kind: type = _Entry
@@ -595,9 +604,9 @@ class budget:
         # A lone section records (limiter, before, after, wanted): rows are
         # built here, not on every entry.
         out = [row if isinstance(row, Applied) else _outcome(*row) for row in rows]
-        if self.scope == "host" and not any(r.target == "host ledger" for r in out):
+        if self._kind is _CoveredEntry and not any(r.target == "host ledger" for r in out):
             out.insert(0, Applied("host ledger", PROCESS, None, _ledger.host_cap, "applied",
-                                  _host.path(), "inside a host-scoped section of this thread"))
+                                  _host.path(), "covered by a hold of this process"))
         return out
 
     # -- entering and leaving ---------------------------------------------
@@ -605,7 +614,10 @@ class budget:
         plan = self._plan or self.plan
         ident = _get_ident()
         caller = _getframe(1)
-        site = (caller, caller.f_lasti)  # judged only if a with statement (_statement)
+        lasti = caller.f_lasti
+        # Only a with statement's entry may be judged by where it was made (and
+        # only its frame is held: a frame keeps its locals alive).
+        site = (caller, lasti) if caller.f_code.co_code[lasti] in _WITH_OPCODES else None
         del caller
         if not (_ledger.stacks or plan.pin or self._apart or _ledger.busy == ident):
             if self._enter_alone(plan, ident, site):
@@ -627,7 +639,9 @@ class budget:
             self._inert[ident] = self._inert.get(ident, 0) + 1
             return self
         try:
-            while True:  # twice at most: a covered entry whose cover left meanwhile joins
+            # Twice at most: a host-scoped entry is first tried as covered (a live
+            # hold of this process asks as much); if not, it joins, then enters.
+            while True:
                 if kind is _HostEntry:
                     _join_host(entry, plan)
                 process_limiters, thread_limiters = _registry.current()
@@ -647,7 +661,7 @@ class budget:
                         elif led.owners.get(ident) is not thread:  # a dead thread's id
                             _drop_stale(stack, None)
                             led.owners[ident] = thread
-                        elif any(e.site == site for e in stack) and _statement(site):
+                        elif site is not None and any(e.site == site for e in stack):
                             _drop_stale(stack, site)
                         if len(led.stacks) > 1:
                             _drop_dead_threads()  # their shares go back before this one is computed
@@ -655,7 +669,9 @@ class budget:
                         # as much (pinned, if this pins): no change in membership,
                         # nothing to hold (report() tells the grant). Else join.
                         if kind is _CoveredEntry and plan.threads * self._host_callers > (
-                                led.host_cover_pinned if plan.pin else led.host_cover):
+                                led.host_cover_pinned if plan.pin else led.host_cover) and (
+                                _host_need(self, plan, stack) > (
+                                    led.host_cover_pinned if plan.pin else led.host_cover)):
                             if not stack:  # nothing of it is in: join, then enter
                                 led.stacks.pop(ident, None)
                                 led.owners.pop(ident, None)
@@ -666,17 +682,18 @@ class budget:
                             _, entry.thread_grant = _shares.entry_grants(
                                 entry.want, led.capacity(entry), others)
                             if kind is _HostEntry:
+                                led.host_cap = _host.grant()  # the watcher may have moved it
                                 if entry.host_token:  # live: the sections it covers count on it
                                     live = dict(led.host_live)
                                     live[entry.host_token] = entry.host_ask
                                     cover, pinned = _cover_of(live)
+                                    # Live and in with no call between (no signal lands there).
                                     led.host_live, led.host_cover, led.host_cover_pinned = (
                                         live, cover, pinned)
-                                led.host_cap = _host.grant()  # the watcher may have moved it
-                            # Counted and in with no call between (no signal lands there).
                             led.env_entries += entry.env
-                            led.host_covered += entry.covered
                             stack += (entry,)
+                            if led.host_keep and kind is _HostEntry:  # kept ones it covers go
+                                _host_settle()
                             _sync_process(process_limiters, entry.applied)
                             if entry.pin is not None:
                                 _sync_affinity(entry.applied)
@@ -867,13 +884,6 @@ def _planned(topo, mode, requested, socket, pin, allow) -> tuple[Topology, Plan,
 
 # -- making the process follow the ledger ------------------------------------------
 
-def _statement(site) -> bool:
-    """Whether ``site`` (frame, instruction) is a with statement: only such
-    an entry may be judged by where it was made (one frame may call
-    ``__enter__`` of several sections from one place: ExitStack)."""
-    return site is not None and site[0].f_code.co_code[site[1]] in _WITH_OPCODES
-
-
 def _drop_stale(stack: list, site) -> None:
     """The same statement of the same live frame entered again while an entry
     of its own is still here: that entry's exit was lost (an exception raised
@@ -881,26 +891,27 @@ def _drop_stale(stack: list, site) -> None:
     context manager can catch that). One frame cannot run a with statement
     that is still active, so the old entry, and what it enclosed, is stale."""
     index = 0 if site is None else next(i for i, e in enumerate(stack) if e.site == site)
-    for stale in stack[index:]:
-        _forget(stale)
+    stale = stack[index:]
+    _ledger.host_dirty = True  # first: whatever is cut short, the holds are settled
     del stack[index:]
+    for entry in stale:
+        _forget(entry)
+    _host_settle()
 
 
 def _forget(entry: _Entry) -> None:
     """An entry dropped without its exit (stale, or its thread ended): what
-    it counted for goes. Its part of the host is given back once the
-    ledger's lock is let go (``_release_forgotten``): giving it back may wait
-    for another process's file lock, which no budget call should wait for."""
-    led = _ledger
-    led.env_entries -= entry.env
-    led.host_covered -= entry.covered
-    if entry.host_token or (led.host_keep and not led.host_covered):
-        _host_out(entry)
+    it counted for goes. Its part of the host is settled by the caller
+    (``host_dirty`` is set first, so an interrupted drop is settled at the
+    next exit); what is given back goes once the ledger's lock is let go
+    (``_release_forgotten``): giving it back may wait for another process's
+    file lock, which no budget call should wait for."""
+    _ledger.env_entries -= entry.env
 
 
 def _release_forgotten() -> None:
-    """Give back the host parts of entries dropped without their exit (the
-    ledger's lock is not held)."""
+    """Give back the holds settled as no longer needed (the ledger's lock is
+    not held: giving one back may wait for the file's lock)."""
     led = _ledger
     while led.forgotten:
         try:
@@ -928,13 +939,18 @@ def _drop_dead_threads() -> None:
     """Sections of threads that ended inside them (the ledger's lock is held):
     their share goes back to the others; their own limits ended with them."""
     led = _ledger
-    for ident in [i for i, t in led.owners.items() if not t.is_alive()]:
+    dead = [i for i, t in led.owners.items() if not t.is_alive()]
+    if not dead:
+        return
+    led.host_dirty = True  # first: whatever is cut short, the holds are settled
+    for ident in dead:
         for stale in led.stacks.pop(ident, ()):
             _forget(stale)
         led.owners.pop(ident, None)
         led.thread_saved.pop(ident, None)
         led.thread_version.pop(ident, None)
         led.mempolicy_saved.pop(ident, None)
+    _host_settle()
 
 
 def _exit_alone(entry: _Entry, ident: int) -> bool:
@@ -1042,19 +1058,24 @@ def _remove(entry: _Entry) -> None:
         # Entered later from the same frame by a with statement: lexically
         # inside this with block, so they ended with it (their exit was lost
         # to an exception raised as __exit__ began).
-        if index + 1 < len(stack) and _statement(entry.site):
+        if index + 1 < len(stack) and entry.site:
             frame = entry.site[0]
-            for later in [e for e in stack[index + 1:]
-                          if e.site and e.site[0] is frame and _statement(e.site)]:
-                stack.remove(later)
-                _forget(later)
-            index = stack.index(entry)
+            later = [e for e in stack[index + 1:] if e.site and e.site[0] is frame]
+            if later:
+                led.host_dirty = True  # first: whatever is cut short, the holds are settled
+                for e in later:
+                    stack.remove(e)
+                    _forget(e)
+                index = stack.index(entry)
         # Out and uncounted with no call between (no signal lands there).
         del stack[index]
         led.env_entries -= entry.env
-        led.host_covered -= entry.covered
-    if entry.host_token or (led.host_keep and not led.host_covered):
-        _host_out(entry)
+    # Its hold (kept if covered entries still need it), or kept holds no
+    # longer needed, or entries dropped without their exit: settled.
+    if entry.host_token or led.host_keep or led.host_dirty:
+        _host_settle()
+        if entry.host_token:
+            entry.host_token = 0
     if not stack:
         led.stacks.pop(entry.thread, None)
         led.owners.pop(entry.thread, None)

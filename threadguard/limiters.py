@@ -65,7 +65,11 @@ class Limiter:
 # The runtimes' getters and setters are called keeping the GIL (PYFUNCTYPE):
 # handing it over and taking it back cost more than the call, which only
 # reads or writes a count (OpenBLAS may start its missing workers, under a
-# lock of its own that no thread holds while it waits for Python).
+# lock of its own that no thread holds while it waits for Python). A
+# runtime's first call may set it up (MKL loads its threading layer, an
+# OpenMP runtime may load tools: dlopen, which waits for any thread inside
+# dl_iterate_phdr, whose callback may wait for the GIL), so the getter is
+# called once first the usual way, handing the GIL over.
 _C_INT_GETTER = ctypes.PYFUNCTYPE(ctypes.c_int)
 _C_SETTER = ctypes.PYFUNCTYPE(None)
 
@@ -75,16 +79,20 @@ def _address(fn) -> int:
 
 
 def c_getter(fn) -> Callable[[], int | None]:
+    fn.restype, fn.argtypes = ctypes.c_int, []
+    try:
+        fn()  # set up, the GIL handed over
+    except Exception:  # reported when the limit is read
+        pass
     return _C_INT_GETTER(_address(fn))
 
 
 def c_setter(fn) -> Callable[[int], object]:
-    setter = _C_SETTER(_address(fn))
-    # No argtypes: ctypes passes a Python int as a C int by itself, at half
-    # the cost of a declared converter (budgets call setters on every entry
-    # and exit). Callers pass only ints already bounded by MAX_THREADS.
-    setter.argtypes = None
-    return setter
+    # No argtypes: a C-calling-convention prototype passes extra arguments as
+    # it finds them, a Python int as a C int, at half the cost of a declared
+    # converter (budgets call setters on every entry and exit). Callers pass
+    # only ints already bounded by MAX_THREADS.
+    return _C_SETTER(_address(fn))
 
 
 def first_symbol(dynlib, names):
