@@ -749,6 +749,52 @@ def test_ctrl_c_anywhere_in_a_covered_section_leaves_nothing_held(ledger):
     assert result["bad"] == []
 
 
+HANDLER_ENTERS = r"""
+import faulthandler, signal, sys, threading, time
+import threadguard
+from threadguard import guard, host
+faulthandler.dump_traceback_later(60, exit=True)  # a hang fails with every thread's stack
+inside, leave = threading.Event(), threading.Event()
+def holder():
+    with threadguard.budget(1, scope="host"):
+        inside.set()
+        leave.wait()
+t = threading.Thread(target=holder)
+t.start()
+inside.wait()
+calls = [0]
+def handler(signum, frame):
+    calls[0] += 1
+    with threadguard.budget(1, scope="host"):
+        pass
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.003)
+sections, end = 0, time.monotonic() + 5
+while time.monotonic() < end:
+    with threadguard.budget(2, scope="host"):  # holds its own part: given back at each exit
+        sections += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+leave.set()
+t.join()
+print(sections, calls[0], guard.sections_inside(), len(host._member.holds))
+"""
+
+
+def test_a_signal_handler_entering_host_budgets_never_hangs(ledger):
+    """A SIGALRM handler that enters a host-scoped budget every 3 ms while the
+    main thread enters and leaves one that takes and gives back its own part
+    of the host beside another thread's: wherever the handler lands (in the
+    give-back, in the follow-up of the grant) it never waits for a lock its
+    own thread holds, and nothing is held at the end."""
+    out = subprocess.run([sys.executable, "-c", HANDLER_ENTERS], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
+                                               THREADGUARD_LEDGER=str(ledger)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    sections, calls, inside, holds = map(int, out.stdout.split())
+    assert sections > 100 and calls > 100  # the handler really ran among the sections
+    assert (inside, holds) == (0, 0)
+
+
 def test_a_nested_section_never_raises_the_processs_ask(ledger):
     code = r"""
 import json, threadguard

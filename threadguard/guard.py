@@ -373,8 +373,9 @@ def _host_changed() -> None:
         process_limiters = _registry.current()[0]
     except Exception:
         process_limiters = _registry.split[0]
+    me = _get_ident()  # before the lock: a signal handler may run after any call
     with led.lock:
-        led.busy = _get_ident()
+        led.busy = me
         try:
             led.host_cap = _host.grant()
             if led.stacks:
