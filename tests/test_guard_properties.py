@@ -38,21 +38,13 @@ initial = snapshot(drv.workers)
 initial_env = dict(initial["env"])
 
 thread = st.integers(0, 2)
-step = st.one_of(
-    st.tuples(st.just("enter"), thread, st.integers(1, 3), st.booleans(), st.booleans(),
-              st.booleans(), st.sampled_from(["process", "host"])),
-    st.tuples(st.just("exit"), thread, st.integers(0, 5)),
-    st.tuples(st.just("exit_elsewhere"), thread, thread),
-    st.tuples(st.just("raise_inside"), thread, st.integers(1, 3)),
-    st.tuples(st.just("load"), thread),
-    st.tuples(st.just("fork"), thread),
-)
+step = {steps}
 
 failures = []
 
 @settings(max_examples={examples}, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
-@given(st.lists(step, max_size=14))
+@given(st.lists(step, min_size={min_size}, max_size=14))
 def sequence(steps):
     try:
         for op, who, *args in steps:
@@ -96,63 +88,38 @@ drv.close()
 """
 
 
-def test_random_sequences_leave_everything_as_it_was(tmp_path):
+EVERY_STEP = """st.one_of(
+    st.tuples(st.just("enter"), thread, st.integers(1, 3), st.booleans(), st.booleans(),
+              st.booleans(), st.sampled_from(["process", "host"])),
+    st.tuples(st.just("exit"), thread, st.integers(0, 5)),
+    st.tuples(st.just("exit_elsewhere"), thread, thread),
+    st.tuples(st.just("raise_inside"), thread, st.integers(1, 3)),
+    st.tuples(st.just("load"), thread),
+    st.tuples(st.just("fork"), thread),
+)"""
+
+# Host-scoped sections mostly, entered and left in any order (no env, no reuse).
+HOST_STEPS = """st.one_of(
+    st.tuples(st.just("enter"), thread, st.integers(1, 3), st.just(False), st.booleans(),
+              st.just(False), st.sampled_from(["host", "host", "process"])),
+    st.tuples(st.just("exit"), thread, st.integers(0, 5)),
+)"""
+
+
+def run_property(tmp_path, steps: str, min_size: int = 0) -> list:
     code = PROPERTY.format(tests=os.path.dirname(os.path.abspath(__file__)),
-                           gomp=sklearn_libgomp(), iomp=intel_libiomp5(),
+                           gomp=sklearn_libgomp(), iomp=intel_libiomp5(), steps=steps,
+                           min_size=min_size,
                            examples=int(os.environ.get("THREADGUARD_PROPERTY_EXAMPLES", "60")))
     with python_child(code, env={"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None,
                                  "THREADGUARD_LEDGER": str(tmp_path / "host.ledger")},
                       timeout=600) as child:
-        failures = child.facts["failures"]
+        return child.facts["failures"]
+
+
+def test_random_sequences_leave_everything_as_it_was(tmp_path):
+    failures = run_property(tmp_path, EVERY_STEP)
     assert not failures, failures[0]
-
-
-HOST_PROPERTY = """
-import os, subprocess, sys, traceback
-sys.path.insert(0, {tests!r})
-other = subprocess.Popen([sys.executable, "-c",
-    "import sys, threadguard; threadguard.budget(scope='host').__enter__(); sys.stdin.read()"],
-    stdin=subprocess.PIPE)
-import numpy
-from hypothesis import HealthCheck, given, settings, strategies as st
-from guard_driver import Driver, host_cover_problems, snapshot
-
-drv = Driver(3, None)
-initial = snapshot(drv.workers)
-thread = st.integers(0, 2)
-step = st.one_of(
-    st.tuples(st.just("enter"), thread, st.integers(1, 3), st.booleans(),
-              st.sampled_from(["host", "host", "process"])),
-    st.tuples(st.just("exit"), thread, st.integers(0, 5)),
-)
-failures = []
-
-@settings(max_examples={examples}, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
-@given(st.lists(step, min_size=2, max_size=12))
-def sequence(steps):
-    try:
-        for op, who, *args in steps:
-            if op == "enter":
-                threads, pin, scope = args
-                drv.enter(who, threads, False, pin, False, scope)
-            else:
-                drv.exit(who, args[0])
-            assert host_cover_problems() == [], (steps, host_cover_problems())
-    finally:
-        drv.unwind()
-    after = snapshot(drv.workers)
-    assert after == initial, {{k: (initial[k], after[k]) for k in after if after[k] != initial[k]}}
-
-try:
-    sequence()
-except Exception:
-    failures.append(traceback.format_exc())
-other.stdin.close()
-other.wait()
-report(failures=failures)
-drv.close()
-"""
 
 
 def test_host_scoped_sections_in_any_order_stay_covered_and_give_everything_back(tmp_path):
@@ -161,9 +128,5 @@ def test_host_scoped_sections_in_any_order_stay_covered_and_give_everything_back
     a live hold of this process that asks as much (the hold stays while
     such sections are inside, even when its own section left), every live
     hold is held in the host ledger, and at the end nothing is held."""
-    code = HOST_PROPERTY.format(tests=os.path.dirname(os.path.abspath(__file__)),
-                                examples=int(os.environ.get("THREADGUARD_PROPERTY_EXAMPLES", "60")))
-    with python_child(code, env={"THREADGUARD_LEDGER": str(tmp_path / "host.ledger")},
-                      timeout=600) as child:
-        failures = child.facts["failures"]
+    failures = run_property(tmp_path, HOST_STEPS, min_size=2)
     assert not failures, failures[0]
