@@ -597,84 +597,14 @@ while time.monotonic() < deadline:
 
 
 INTERRUPTED = r"""
-import json, os, sys, time
-import numpy
-import threadguard
-from threadguard import guard, host, host_file
-from threadpoolctl import threadpool_info
-
-def blas():
-    return [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"][0]
-
-numpy.ones((64, 64)) @ numpy.ones((64, 64))
-before = blas()
-ours = {guard.__file__, host.__file__, host_file.__file__}
-EXIT = guard.budget.__exit__.__code__
-def cycle(fire_at):
-    # One host-scoped section in and out; a KeyboardInterrupt raised as the
-    # fire_at-th call into threadguard's own code starts: where CPython runs
-    # a signal handler (a function's first instruction checks for pending
-    # signals), so where Ctrl-C lands.
-    # Not as budget.__exit__ itself starts: no context manager can close
-    # that window (docs/guard.md), the with statement never sees it end.
-    seen = [0]
-    def tracer(frame, event, arg):
-        if (event == "call" and frame.f_code.co_filename in ours
-                and frame.f_code is not EXIT):
-            seen[0] += 1
-            if seen[0] == fire_at:
-                raise KeyboardInterrupt
-    sys.settrace(tracer)
-    try:
-        with threadguard.budget(1, scope="host"):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sys.settrace(None)
-    return seen[0]
-
-events = cycle(0)  # how many calls one cycle makes
-bad = []
-for n in range(1, events + 1):
-    cycle(n)
-    deadline = time.monotonic() + 5  # an interrupted write is finished by the watcher
-    while time.monotonic() < deadline and (
-            os.getpid() in [s.pid for s in host.participants()] or host._member.index is not None):
-        time.sleep(0.05)
-    state = (guard.sections_inside(), dict(host._member.holds), host._member.index,
-             os.getpid() in [s.pid for s in host.participants()], guard._ledger.host_cap, blas())
-    if state != (0, {}, None, False, None, before):
-        bad.append((n, state))
-with threadguard.budget(2) as b:  # a process-scoped budget afterwards: no grant left over
-    after = b.threads
-print(json.dumps({"events": events, "bad": bad[:5], "after": after}))
-"""
-
-
-@needs_two
-def test_ctrl_c_anywhere_in_entry_or_exit_leaves_nothing_held(ledger):
-    """A KeyboardInterrupt raised at each call into threadguard's own code
-    in turn, during one host-scoped entry and exit: wherever it lands,
-    nothing is held afterwards (no hold, no slot, no grant), the limits are
-    back, and nothing hangs."""
-    out = subprocess.run([sys.executable, "-c", INTERRUPTED], capture_output=True, text=True,
-                         timeout=600, env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
-                                               THREADGUARD_LEDGER=str(ledger)))
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout)
-    assert result["events"] > 20  # the entry and exit were really traced
-    assert result["bad"] == []
-    assert result["after"] == CPUS
-
-
-INTERRUPTED_COVERED = r"""
 import json, os, sys, threading, time
 import numpy
 import threadguard
 from threadguard import guard, host, host_file
 from threadpoolctl import threadpool_info
 
+COVERED = sys.argv[1] == "covered"
+
 def blas():
     return [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"][0]
 
@@ -684,19 +614,25 @@ ours = {guard.__file__, host.__file__, host_file.__file__}
 EXIT = guard.budget.__exit__.__code__
 
 def cycle(fire_at):
-    # Another thread holds part of the host; this thread's section is covered
-    # by that hold. The other thread leaves while this one is inside (its hold
-    # stays, kept for this section), then this one leaves. A KeyboardInterrupt
-    # is raised as the fire_at-th call of this thread into threadguard starts.
+    # One host-scoped section in and out; a KeyboardInterrupt raised as the
+    # fire_at-th call of this thread into threadguard's own code starts:
+    # where CPython runs a signal handler (a function's first instruction
+    # checks for pending signals), so where Ctrl-C lands.
+    # Not as budget.__exit__ itself starts: no context manager can close
+    # that window (docs/guard.md), the with statement never sees it end.
+    # COVERED: another thread holds part of the host and this section is
+    # covered by it; that thread leaves while this one is inside (its hold
+    # is kept for this section), then this one leaves.
     inside, leave, left = threading.Event(), threading.Event(), threading.Event()
     def holder():
         with threadguard.budget(1, scope="host"):
             inside.set()
             leave.wait()
         left.set()
-    t = threading.Thread(target=holder)
-    t.start()
-    inside.wait()
+    if COVERED:
+        t = threading.Thread(target=holder)
+        t.start()
+        inside.wait()
     seen = [0]
     def tracer(frame, event, arg):
         if (event == "call" and frame.f_code.co_filename in ours
@@ -707,17 +643,19 @@ def cycle(fire_at):
     sys.settrace(tracer)
     try:
         with threadguard.budget(1, scope="host"):
-            leave.set()
-            left.wait()
+            if COVERED:
+                leave.set()
+                left.wait()
     except KeyboardInterrupt:
         pass
     finally:
         sys.settrace(None)
-        leave.set()
-        t.join()
+        if COVERED:
+            leave.set()
+            t.join()
     return seen[0]
 
-events = cycle(0)
+events = cycle(0)  # how many calls one cycle makes
 bad = []
 for n in range(1, events + 1):
     cycle(n)
@@ -731,8 +669,30 @@ for n in range(1, events + 1):
              dict(led.host_live), sorted(led.host_keep), list(led.forgotten), blas())
     if state != (0, {}, None, False, None, {}, [], [], before):
         bad.append((n, state))
-print(json.dumps({"events": events, "bad": bad[:5]}))
+with threadguard.budget(2) as b:  # a process-scoped budget afterwards: no grant left over
+    after = b.threads
+print(json.dumps({"events": events, "bad": bad[:5], "after": after}))
 """
+
+
+def interrupted(ledger, mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", INTERRUPTED, mode], capture_output=True,
+                         text=True, timeout=600, env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
+                                                          THREADGUARD_LEDGER=str(ledger)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+@needs_two
+def test_ctrl_c_anywhere_in_entry_or_exit_leaves_nothing_held(ledger):
+    """A KeyboardInterrupt raised at each call into threadguard's own code
+    in turn, during one host-scoped entry and exit: wherever it lands,
+    nothing is held afterwards (no hold, no slot, no grant), the limits are
+    back, and nothing hangs."""
+    result = interrupted(ledger, "alone")
+    assert result["events"] > 20  # the entry and exit were really traced
+    assert result["bad"] == []
+    assert result["after"] == CPUS
 
 
 @needs_two
@@ -740,13 +700,10 @@ def test_ctrl_c_anywhere_in_a_covered_section_leaves_nothing_held(ledger):
     """A section covered by another thread's hold, which is kept after that
     thread leaves: a KeyboardInterrupt raised at each call into threadguard
     in turn during its entry and exit leaves nothing held once both left."""
-    out = subprocess.run([sys.executable, "-c", INTERRUPTED_COVERED], capture_output=True,
-                         text=True, timeout=600, env=dict(os.environ, CI="true", PYTHONPATH=ROOT,
-                                                          THREADGUARD_LEDGER=str(ledger)))
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout)
+    result = interrupted(ledger, "covered")
     assert result["events"] > 10  # the entry and exit were really traced
     assert result["bad"] == []
+    assert result["after"] == CPUS
 
 
 HANDLER_ENTERS = r"""
