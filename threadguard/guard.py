@@ -280,7 +280,7 @@ _get_ident, _getframe, _new_row = threading.get_ident, sys._getframe, tuple.__ne
 _current_thread = threading.current_thread
 # Thread objects by id, as current_thread() finds them, without its call
 # (a thread not started by threading is not there: current_thread() then).
-_threads_by_ident = threading._active
+_threads_by_ident = getattr(threading, "_active", {})
 _WITH_OPCODES = frozenset(opcode.opmap[name] for name in ("BEFORE_WITH", "SETUP_WITH",
                                                            "BEFORE_ASYNC_WITH", "SETUP_ASYNC_WITH")
                           if name in opcode.opmap)
@@ -290,7 +290,7 @@ def _after_fork_in_child() -> None:
     """Only the forking thread exists in the child: keep its sections only.
     Locks another thread held at fork are made anew."""
     global _ledger, _threads_by_ident
-    _threads_by_ident = threading._active  # threading's own after-fork hook ran first
+    _threads_by_ident = getattr(threading, "_active", {})  # threading's after-fork hook ran first
     _registry.lock = threading.RLock()
     _plans_here.clear()
     old, me = _ledger, threading.get_ident()
