@@ -231,8 +231,8 @@ class _Ledger:
         self.host_cap: int | None = None  # this process's grant from the host ledger
         self.forgotten: list[int] = []  # host holds to give back once the lock is let go
         # Host holds of this process, live: token -> (asked, pinned). Those of
-        # entries inside, and keepers: holds whose entry left while sections
-        # they covered were inside (kept until the last of those leaves).
+        # entries inside, and kept ones: holds whose entry left, kept while a
+        # covered entry needs them (``_host_settle``).
         self.host_live: dict[int, tuple[int, bool]] = {}
         self.host_keep: frozenset = frozenset()
         self.host_cover = 0  # the most a live hold asked
@@ -427,6 +427,11 @@ def _cover_of(live: dict) -> tuple[int, int]:
     return cover, pinned
 
 
+def _covers(holds, need: int, pin: bool) -> bool:
+    """Whether one of ``holds`` ((asked, pinned) pairs) asks ``need``, pinned if ``pin``."""
+    return any(a >= need and (p or not pin) for a, p in holds)
+
+
 def _host_need(section: "budget", plan: Plan, stack) -> int:
     """What a host-scoped entry asks: its threads (times the callers that
     share it), never more than the CPUs this process may use, oversubscribed
@@ -460,14 +465,13 @@ def _host_settle() -> None:
         needs = [(min(n, cpus), pin) for n, pin in needs]
     others = {t: held for t, held in led.host_live.items() if t not in holders}
     keep = {}
-    unmet = [(n, pin) for n, pin in needs
-             if not any(a >= n and (p or not pin) for a, p in holders.values())]
+    unmet = [(n, pin) for n, pin in needs if not _covers(holders.values(), n, pin)]
     if others and unmet:
         pinned = [(held[0], t) for t, held in others.items() if held[1]]
         if pinned and any(pin for _, pin in unmet):
             best = max(pinned)[1]
             keep[best] = others[best]
-        if any(not any(a >= n and (p or not pin) for a, p in keep.values()) for n, pin in unmet):
+        if any(not _covers(keep.values(), n, pin) for n, pin in unmet):
             best = max((held[0], held[1], t) for t, held in others.items())[2]
             keep[best] = others[best]
     gone = [t for t in others if t not in keep]
@@ -670,9 +674,8 @@ class budget:
                         # as much (pinned, if this pins): no change in membership,
                         # nothing to hold (report() tells the grant). Else join.
                         if kind is _CoveredEntry and plan.threads * self._host_callers > (
-                                led.host_cover_pinned if plan.pin else led.host_cover) and (
-                                _host_need(self, plan, stack) > (
-                                    led.host_cover_pinned if plan.pin else led.host_cover)):
+                                cover := led.host_cover_pinned if plan.pin else led.host_cover
+                        ) and _host_need(self, plan, stack) > cover:
                             if not stack:  # nothing of it is in: join, then enter
                                 led.stacks.pop(ident, None)
                                 led.owners.pop(ident, None)
