@@ -667,7 +667,7 @@ for n in range(1, events + 1):
     state = (guard.sections_inside(), dict(host._member.holds), host._member.index,
              os.getpid() in [s.pid for s in host.participants()], led.host_cap,
              dict(led.host_live), sorted(led.host_keep), list(led.forgotten), blas())
-    if state != (0, {}, None, False, None, {}, [], [], before):
+    if state != (0, {}, None, False, guard.UNCAPPED, {}, [], [], before):
         bad.append((n, state))
 with threadguard.budget(2) as b:  # a process-scoped budget afterwards: no grant left over
     after = b.threads

@@ -49,6 +49,9 @@ from .planner import (FALLS_BACK_TO_OMP, MAX_THREADS, MODES, Plan, check_count, 
 from .runtime_libs import classify
 
 
+UNCAPPED = sys.maxsize  # the host cap of a process that holds no part of the host
+
+
 class OversubscriptionWarning(UserWarning):
     """A budget asked for more threads than the process has CPUs."""
 
@@ -164,13 +167,16 @@ def _encoded(value: int):
 # -- the ledger ------------------------------------------------------------------
 
 class _Entry:
-    """One entry of a budget section, in one thread."""
+    """One entry of a budget section, in one thread. Of one class whatever
+    its part in the host ledger: code that reads entries of several kinds
+    would be looked up the slow way (the interpreter specializes a field's
+    read for one class)."""
 
     __slots__ = ("section", "thread", "want", "capacity", "thread_grant", "pin",
-                 "memory_nodes", "env", "applied", "site")
+                 "memory_nodes", "env", "applied", "site", "host_token", "host_ask", "covered")
 
     def __init__(self, section, thread, want, capacity, pin, memory_nodes, env, site=None,
-                 thread_grant=0):
+                 thread_grant=0, covered=0):
         # (frame, instruction) of the with statement that entered (None: entered
         # by a call). The frame itself is held, not its id: ids of ended frames
         # are reused, and a section may outlive the frame that entered it.
@@ -179,33 +185,16 @@ class _Entry:
         self.pin, self.memory_nodes, self.env = pin, memory_nodes, env
         self.thread_grant = thread_grant
         self.applied: list = []
+        # Host scope. host_token: its hold in the host ledger (0: none), which
+        # asked host_ask, (asked, pinned); none of this process's live holds
+        # asked as much when it entered. covered: 1 when one did (any thread's):
+        # no change in membership, nothing of its own to hold; that hold stays
+        # while it is inside (``_host_settle``).
+        self.host_token = 0
+        self.covered = covered
 
     def top(self) -> _shares.Top:
         return _shares.Top(self.want, self.capacity, self.thread_grant)
-
-    host_token = 0  # its hold in the host ledger: process-scoped entries have none
-    covered = 0  # 1: host-scoped, inside a hold of this process that asks as much
-
-
-class _HostEntry(_Entry):
-    """An entry of a host-scoped section that holds part of the host: none
-    of this process's live holds asked as much when it entered."""
-
-    __slots__ = ("host_token", "host_ask")
-
-    def __init__(self, *args):
-        _Entry.__init__(self, *args)
-        self.host_token = 0
-        self.host_ask = (0, False)  # (asked, pinned) of its hold
-
-
-class _CoveredEntry(_Entry):
-    """An entry of a host-scoped section that a live hold of this process
-    (any thread's) covers: no change in membership, nothing of its own to
-    hold; the hold stays while it is inside (``_host_settle``)."""
-
-    __slots__ = ()
-    covered = 1
 
 
 class _Ledger:
@@ -221,14 +210,16 @@ class _Ledger:
         self.env_entries = 0  # entries inside with env=True
         self.env_dirty = False  # our variables were exported since the last scan
         self.pin_dirty = False  # the process was pinned since the last scan
-        self.busy: int | None = None  # the thread inside the ledger's lock
+        self.busy = 0  # the thread inside the ledger's lock (0: none; an int either way)
         self.pending: list = []  # exits made while that thread was inside (finalizers)
         self.owners: dict[int, threading.Thread] = {}  # thread -> its Thread (ids are reused)
         self.natural_keys: set[tuple] = set()  # libraries that started under our variables
         self.affinity_saved: dict | None = None  # tid -> CPUs; "default" -> for new threads
         self.pinned_to: frozenset | None = None
         self.mempolicy_saved: dict[int, object] = {}  # thread -> (mode, nodes)
-        self.host_cap: int | None = None  # this process's grant from the host ledger
+        # This process's grant from the host ledger; UNCAPPED when it holds none
+        # (an int either way: the limits' arithmetic compares it, never tests it).
+        self.host_cap: int = UNCAPPED
         self.forgotten: list[int] = []  # host holds to give back once the lock is let go
         # Host holds of this process, live: token -> (asked, pinned). Those of
         # entries inside, and kept ones: holds whose entry left, kept while a
@@ -252,27 +243,30 @@ class _Ledger:
         return (self.env_saved is None and self.pinned_to is None and not self.natural_keys
                 and not self.env_dirty and not self.pin_dirty and not self.mempolicy_saved
                 and not self.env_entries and not self.pending and not self.process_saved
-                and self.host_cap is None and not self.host_live)
+                and self.host_cap == UNCAPPED and not self.host_live)
 
     def tops(self, skip: int | None = None) -> list[_shares.Top]:
         return [s[-1].top() for i, s in self.stacks.items() if s and i != skip]
 
     def process_value(self) -> int | None:
         stacks = self.stacks
-        if not stacks:
-            return None
         if len(stacks) == 1:  # the common case, without building tops
             for stack in stacks.values():
-                value = min(stack[-1].want, stack[-1].capacity) if stack else None
+                if not stack:
+                    return None
+                top = stack[-1]
+                value = top.want if top.want <= top.capacity else top.capacity
         else:
-            value = _shares.process_value(self.tops())
+            value = _shares.process_value(self.tops()) if stacks else None
+            if value is None:
+                return None
         cap = self.host_cap
-        return value if cap is None or value is None or value <= cap else cap
+        return value if value <= cap else cap
 
     def capacity(self, entry: "_Entry") -> int:
         """The CPUs ``entry`` may share: its own, or this process's host grant."""
         cap = self.host_cap
-        return entry.capacity if cap is None or cap >= entry.capacity else cap
+        return entry.capacity if entry.capacity <= cap else cap
 
 
 _ledger = _Ledger()
@@ -311,9 +305,8 @@ def _after_fork_in_child() -> None:
     # The child is not its parent's participant: its inherited sections keep
     # the grant the parent had at fork; it joins as itself at its next entry.
     for entry in new.stacks.get(me, ()):
-        if type(entry) is _HostEntry:
-            entry.host_token = 0
-    new.host_cap = old.host_cap if new.stacks else None
+        entry.host_token = 0
+    new.host_cap = old.host_cap if new.stacks else UNCAPPED
     new.inherited_cpus = (_host.forked_cpus or old.inherited_cpus) if new.stacks else None
     if me in old.owners:
         new.owners[me] = old.owners[me]
@@ -377,7 +370,7 @@ def _host_changed() -> None:
     with led.lock:
         led.busy = me
         try:
-            led.host_cap = _host.grant()
+            led.host_cap = _host_cap()
             if led.stacks:
                 _sync_process(process_limiters, None)
                 if led.pinned_to is not None:
@@ -385,10 +378,16 @@ def _host_changed() -> None:
             else:  # the grant left with the last section: the fast way again
                 led.plain = led.clean()
         finally:
-            led.busy = None
+            led.busy = 0
 
 
 _host.on_change = _host_changed
+
+
+def _host_cap() -> int:
+    """This process's grant from the host ledger, UNCAPPED when it holds none."""
+    grant = _host.grant()
+    return UNCAPPED if grant is None else grant
 _host_warned: set = set()
 
 
@@ -397,6 +396,7 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
     the file's lock may wait for another process)."""
     callers = entry.section._host_callers
     asked = _host_need(entry.section, plan, _ledger.stacks.get(entry.thread))
+    entry.host_ask = (asked, bool(plan.pin))
     # The token first: an entry interrupted during hold() gives it back on its way out.
     token = entry.host_token = _host.new_token()
     try:
@@ -410,8 +410,7 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
                           "covers this process only", HostLedgerWarning, stacklevel=4)
         entry.applied.append(Applied("host ledger", PROCESS, None, None, "skipped", None, reason))
         return
-    entry.host_ask = (asked, bool(plan.pin))
-    _ledger.host_cap = grant
+    _ledger.host_cap = UNCAPPED if grant is None else grant
     entry.applied.append(_new_row(Applied, ("host ledger", PROCESS, asked, grant, "applied",
                                             _host.path(), "asked, granted")))
 
@@ -489,7 +488,7 @@ def _release_host(entry: _Entry) -> None:
     if token:
         _host.release(token)
         entry.host_token = 0
-        _ledger.host_cap = _host.grant()
+        _ledger.host_cap = _host_cap()
 
 
 # -- the public section -------------------------------------------------------------
@@ -511,50 +510,58 @@ class budget:
                  pin: bool | None = False, socket: int | None = None, env: bool = False,
                  allow_oversubscription: bool = False, topology: Topology | None = None,
                  plan: Plan | None = None, scope: str | None = None):
+        host = False
         if scope is not None or _scope_in_environ(_SCOPE_KEY):  # else the class's "process"
             if scope is None:
                 scope = _default_scope()
-            elif scope not in SCOPES:
+            if scope == "host":
+                self.scope = scope
+                self._host_callers = 1
+                # A given topology is not this machine's: nothing to share with its host.
+                if topology is None:
+                    host = True
+            elif scope != "process":
                 raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-            self.scope = scope
-            # A given topology is not this machine's: nothing to share with its host.
-            self._apart = joins = scope == "host" and topology is None
-            self._kind = _CoveredEntry if joins else _Entry
+        # Set on every object, not left to the class: every entry reads them,
+        # and an attribute the object lacks is looked up the slow way.
+        self._host = host
+        self.env = env = bool(env)
+        self._apart = env or host  # exporting or joining: never the lone way
+        self._inert = None
         if threads is not None and (type(threads) is not int or not 0 < threads <= MAX_THREADS):
             check_count(threads, upper=MAX_THREADS)  # raises, naming the valid range
         self.requested = threads
         self.mode = mode if mode in MODES else check_mode(mode)
         self.pin = pin
         self.socket = socket
-        self.env = bool(env)
-        if env:  # never the lone way: exports
-            self._apart = True
         self.allow_oversubscription = allow_oversubscription
         self._topology = topology
-        self._plan: Plan | None = plan
-        self._given_plan = plan
-        self._capacity = 0
         if plan is not None:  # an exact share (a worker's), applied as planned
+            self._plan = self._given_plan = plan
             self.requested = plan.threads
             self._capacity = max((topology or current_topology()).effective_cpus, plan.threads)
-        elif topology is None:  # planned already in this process: nothing left for entry
-            cached = _plans_here.get((self.mode, threads, socket, pin, allow_oversubscription))
-            if cached is not None and not cached[3]:
-                self._plan, self._capacity = cached[1], cached[2]
-                return
+        else:
+            if topology is None:  # planned already in this process: nothing left for entry
+                cached = _plans_here.get((self.mode, threads, socket, pin, allow_oversubscription))
+                if cached is not None and not cached[3]:
+                    self._plan, self._capacity = cached[1], cached[2]
+                    return
+            self._plan: Plan | None = None  # planned at first use
+            self._capacity = 0
         if socket is not None:  # validate now: bad input fails at the call site
             make_plan(topology or current_topology(), mode, socket=socket)
 
     scope = "process"  # or "host": share the host through its ledger (set per object)
     _apart = False  # True: entries take the general way (env=True, or joining the host)
-    # Entries' kind: host scope's are covered by a live hold of this process
-    # or, checked under the lock, join the host ledger (_HostEntry).
-    _kind: type = _Entry
+    # Host scope on this machine: an entry is covered by a live hold of this
+    # process or, checked under the lock, joins the host ledger.
+    _host = False
     _last_applied: list | tuple = ()  # the last entry's report rows (no cycle to the entry)
     # Host scope: threads that call this process's pools at once (a Dask
     # worker's task threads); its ask counts them all, each gets a part.
     _host_callers = 1
     _inert: dict[int, int] | None = None  # thread -> entries that applied nothing (made when needed)
+    _given_plan: Plan | None = None  # an exact share passed in
 
     # -- the plan ----------------------------------------------------------
     @property
@@ -609,8 +616,10 @@ class budget:
         # A lone section records (limiter, before, after, wanted): rows are
         # built here, not on every entry.
         out = [row if isinstance(row, Applied) else _outcome(*row) for row in rows]
-        if self._kind is _CoveredEntry and not any(r.target == "host ledger" for r in out):
-            out.insert(0, Applied("host ledger", PROCESS, None, _ledger.host_cap, "applied",
+        if self._host and not any(r.target == "host ledger" for r in out):
+            cap = _ledger.host_cap
+            out.insert(0, Applied("host ledger", PROCESS, None, None if cap == UNCAPPED else cap,
+                                  "applied",
                                   _host.path(), "covered by a hold of this process"))
         return out
 
@@ -627,13 +636,15 @@ class budget:
         if not (_ledger.stacks or plan.pin or self._apart or _ledger.busy == ident):
             if self._enter_alone(plan, ident, site):
                 return self
-        kind = self._kind
         led = _ledger
+        # Host scope: first tried as covered.
         if plan.pin:
-            entry = kind(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
-                         tuple(plan.memory_nodes or ()), self.env, site)
+            entry = _Entry(self, ident, plan.threads, self._capacity, frozenset(plan.cpus),
+                           tuple(plan.memory_nodes or ()), self.env, site, 0, self._host)
         else:
-            entry = kind(self, ident, plan.threads, self._capacity, None, (), self.env, site)
+            entry = _Entry(self, ident, plan.threads, self._capacity, None, (), self.env, site,
+                           0, self._host)
+        joins = False
         if led.busy == ident:  # a signal handler or finalizer, while this thread is inside
             entry.applied.append(Applied("budget", PROCESS, None, None, "skipped", None,
                                          "entered from a signal handler or finalizer while "
@@ -647,7 +658,7 @@ class budget:
             # Twice at most: a host-scoped entry is first tried as covered (a live
             # hold of this process asks as much); if not, it joins, then enters.
             while True:
-                if kind is _HostEntry:
+                if joins:
                     _join_host(entry, plan)
                 process_limiters, thread_limiters = _registry.current()
                 # A thread's own originals first: a process-wide setter may touch
@@ -673,8 +684,9 @@ class budget:
                         # Host scope: covered when a live hold of this process asks
                         # as much (pinned, if this pins): no change in membership,
                         # nothing to hold (report() tells the grant). Else join.
-                        if kind is _CoveredEntry and plan.threads * self._host_callers > (
-                                cover := led.host_cover_pinned if plan.pin else led.host_cover
+                        if entry.covered and entry.want * self._host_callers > (
+                                cover := led.host_cover_pinned if entry.pin is not None
+                                else led.host_cover
                         ) and _host_need(self, plan, stack) > cover:
                             if not stack:  # nothing of it is in: join, then enter
                                 led.stacks.pop(ident, None)
@@ -685,8 +697,8 @@ class budget:
                             others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
                             _, entry.thread_grant = _shares.entry_grants(
                                 entry.want, led.capacity(entry), others)
-                            if kind is _HostEntry:
-                                led.host_cap = _host.grant()  # the watcher may have moved it
+                            if joins:
+                                led.host_cap = _host_cap()  # the watcher may have moved it
                                 if entry.host_token:  # live: the sections it covers count on it
                                     live = dict(led.host_live)
                                     live[entry.host_token] = entry.host_ask
@@ -696,17 +708,16 @@ class budget:
                                         live, cover, pinned)
                             led.env_entries += entry.env
                             stack += (entry,)
-                            if led.host_keep and kind is _HostEntry:  # kept ones it covers go
+                            if led.host_keep and joins:  # kept ones it covers go
                                 _host_settle()
                             _sync_process(process_limiters, entry.applied)
                             if entry.pin is not None:
                                 _sync_affinity(entry.applied)
                             break
                     finally:
-                        led.busy = None
-                kind = _HostEntry  # not covered: join, then enter
-                entry = _HostEntry(self, ident, plan.threads, self._capacity, entry.pin,
-                                   entry.memory_nodes, self.env, site)
+                        led.busy = 0
+                joins = True  # not covered: join, then enter
+                entry.covered = 0
             if led.forgotten:
                 _release_forgotten()
             if led.pending:
@@ -778,11 +789,14 @@ class budget:
         # torch.set_num_threads sets this thread's OpenMP limit, and torch's
         # getter reads it); the process-wide ones under the lock, then set;
         # this thread's set last, once its originals are in the ledger.
+        # (A limiter's getter and setter are fetched, then called: called as a
+        # method, a field is looked up the slow way on every call.)
         thread_saved = {}
         for lim in thread_limiters:
             if lim.driven:
+                get = lim.get
                 try:
-                    thread_saved[lim.key] = lim.get()
+                    thread_saved[lim.key] = get()
                 except Exception:  # reported when applied
                     pass
         thread = _threads_by_ident.get(ident) or _current_thread()
@@ -798,26 +812,28 @@ class budget:
                     led.thread_version[ident] = (reg.version, thread)
                     saved = led.process_saved
                     for lim in process_limiters:
+                        get, set_ = lim.get, lim.set
                         try:
-                            saved[lim.key] = before = lim.get()
-                            lim.set(grant)  # read back once per value, as Limiter.apply does
+                            saved[lim.key] = before = get()
+                            set_(grant)  # read back once per value, as Limiter.apply does
                             after = grant if grant in lim.accepted else lim.apply(grant)
                         except Exception as err:  # reported, not fatal
                             rows.append(_refused(lim, saved.get(lim.key), err))
                             continue
                         rows.append((lim, before, after, grant))
                 finally:
-                    led.busy = None
+                    led.busy = 0
             for lim in thread_limiters:
                 if not lim.driven:
                     rows.append(Applied(lim.name, lim.scope, None, None, "skipped", lim.path,
                                         f"not driven: {lim.note}"))
                     continue
+                set_ = lim.set
                 try:
                     before = thread_saved.get(lim.key)
                     if before is None:
                         thread_saved[lim.key] = before = lim.get()
-                    lim.set(grant)
+                    set_(grant)
                     after = grant if grant in lim.accepted else lim.apply(grant)
                 except Exception as err:
                     rows.append(_refused(lim, thread_saved.get(lim.key), err))
@@ -978,7 +994,7 @@ def _exit_alone(entry: _Entry, ident: int) -> bool:
                 _put_back(process_limiters, led.process_saved)  # all set, then forgotten:
                 led.process_saved.clear()  # safe to repeat
             finally:
-                led.busy = None
+                led.busy = 0
         thread_saved = led.thread_saved.get(ident)
         if thread_saved:
             _put_back(thread_limiters, thread_saved)
@@ -997,8 +1013,9 @@ def _put_back(limiters, saved: dict) -> None:
     for lim in limiters:
         before = saved.get(lim.key)
         if before is not None:
+            set_ = lim.set  # fetched, then called: see _enter_alone
             try:
-                lim.set(before)
+                set_(before)
             except Exception:  # a library that refuses is not fatal on the way out
                 pass
 
@@ -1034,7 +1051,7 @@ def _remove_and_sync(entry: _Entry) -> None:
             if not rescan:
                 _sync_after_exit(entry, me, _registry.split)
         finally:
-            led.busy = None
+            led.busy = 0
     if rescan:
         limiters = _registry.split
         try:
@@ -1046,7 +1063,7 @@ def _remove_and_sync(entry: _Entry) -> None:
             try:
                 _sync_after_exit(entry, me, limiters)
             finally:
-                led.busy = None
+                led.busy = 0
     if led.forgotten:
         _release_forgotten()
     if led.pending:
@@ -1102,7 +1119,7 @@ def _sync_after_exit(entry: _Entry, me: int, limiters) -> None:
     if led.pinned_to is not None:
         _sync_affinity(None)
     if not stacks:  # all back: what loads from now on reads the user's values
-        led.host_cap = _host.grant()  # a forked child's inherited grant ends here
+        led.host_cap = _host_cap()  # a forked child's inherited grant ends here
         led.env_dirty = led.pin_dirty = False
         led.natural_keys.clear()
         led.plain = led.clean()
@@ -1270,7 +1287,7 @@ def _sync_affinity(applied) -> None:
     led = _ledger
     pins = [e.pin for s in led.stacks.values() for e in s if e.pin is not None]
     target = _shares.pinned_cpus(pins)
-    if target is not None and led.host_cap is not None:  # the host gave disjoint CPUs
+    if target is not None and led.host_cap != UNCAPPED:  # the host gave disjoint CPUs
         given = _host.pinned_cpus() or led.inherited_cpus
         if given:
             target = frozenset(given)
