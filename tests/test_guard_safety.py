@@ -83,8 +83,8 @@ def test_fork_while_other_threads_enter_budgets():
     # loader's) used to block forever in its first budget.
     code = """
 import threading, numpy, threadguard, multiprocessing as mp
-with threadguard.budget(1):  # imported before threads start: a fork during an import is
-    pass                     # CPython's own hazard (its module locks stay held in the child)
+with threadguard.budget(1):  # imported before threads start (a fork during the imports:
+    pass                     # test_fork_while_another_thread_imports_what_budgets_need)
 def own_pid(_):
     return os.getpid()
 stop = threading.Event()
@@ -125,6 +125,55 @@ report(statuses=statuses, pools_started=started)
         f = child.facts
     assert f["statuses"] == [7] * 30
     assert f["pools_started"] == 5
+
+
+@pytest.mark.parametrize("slowed", ["threadguard.guard", "threadpoolctl"])
+def test_fork_while_another_thread_imports_what_budgets_need(slowed):
+    # A worker thread's first budget imports the guard (or threadpoolctl, at
+    # the first look at the loaded libraries). A fork meanwhile used to leave
+    # the child waiting forever on that module's import lock, held by a
+    # thread that does not exist there. The import is slowed (a finder that
+    # finds nothing, run under the lock), so the fork lands inside it.
+    code = f"""
+import importlib, importlib.abc, threading, time, numpy, threadguard
+SLOWED = {slowed!r}
+inside = threading.Event()
+class Slow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == SLOWED and threading.current_thread() is not threading.main_thread():
+            inside.set()
+            time.sleep(0.5)
+        return None
+sys.meta_path.insert(0, Slow())
+if SLOWED != "threadguard.guard":
+    threadguard.budget  # the guard is imported here: the thread imports threadpoolctl only
+def first():
+    with threadguard.budget(1):
+        pass
+t = threading.Thread(target=first)
+t.start()
+inside.wait()
+landed_inside = SLOWED in importlib._bootstrap._module_locks  # its import lock is held
+pid = os.fork()
+if pid == 0:
+    with threadguard.budget(1) as b:
+        capped = b.threads == 1
+    os._exit(7 if capped and "KMP_DUPLICATE_LIB_OK" not in os.environ else 3)
+deadline = time.monotonic() + 15
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = os.waitstatus_to_exitcode(status)
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, 9); os.waitpid(pid, 0); status = "hung"
+        break
+    time.sleep(0.01)
+t.join()
+report(landed_inside=landed_inside, status=status)
+"""
+    with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}, timeout=60) as child:
+        assert child.facts == {"landed_inside": True, "status": 7}
 
 
 @pytest.mark.parametrize("env", [False, True])

@@ -6,6 +6,7 @@ never imports NumPy, OpenVINO or torch.
 """
 
 from ._errors import AccessDenied, NoSuchProcess, ThreadguardError, ZombieProcess
+from . import _fork_imports  # noqa: F401  (a fork waits for imports of ours under way)
 
 __version__ = "0.1.0"
 

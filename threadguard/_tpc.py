@@ -37,9 +37,19 @@ def threadpoolctl():
         return _module
 
 
+def _before_fork() -> None:
+    """Another thread importing threadpoolctl now: let it finish before the
+    fork, or the child waits forever on the module's import lock, held by a
+    thread that does not exist there. (Run before the interpreter takes its
+    own import lock for the fork; the lock is held only by an import.)"""
+    if _module is None and _lock.locked():
+        with _lock:
+            pass
+
+
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at fork
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -18,6 +18,7 @@ import sys
 from functools import lru_cache
 from typing import NamedTuple
 
+from .._tpc import threadpoolctl
 from ..libraries import real_path
 from ..limiters import Limiter
 
@@ -81,10 +82,7 @@ class Family:
 
 @lru_cache(maxsize=1)
 def families() -> tuple[Family, ...]:
-    out = []
-    for name in _MODULES:
-        out.extend(importlib.import_module(f"{__name__}.{name}").FAMILIES)
-    return tuple(out)
+    return tuple(f for module in _ADAPTERS for f in module.FAMILIES)
 
 
 @lru_cache(maxsize=None)
@@ -125,7 +123,6 @@ def scan() -> Scan:
     """threadpoolctl's controllers of what is loaded, in load order."""
     import warnings
 
-    from .._tpc import threadpoolctl
     from ..libraries import loaded_libraries
     from ..runtime_libs import classify
 
@@ -171,3 +168,10 @@ def detect_pools() -> list[Pool]:
             pools.append(Pool(fam.library, fam.api, None, source="error", pool=fam.key,
                               notes=(f"{fam.key} adapter failed: {err!r}",)))
     return pools
+
+
+# The adapters are imported with this package, not at the first budget: a
+# fork while another thread imports one would leave the child waiting
+# forever on that module's import lock (after fork only the forking thread
+# exists, and the lock stays held by one that does not).
+_ADAPTERS = tuple(importlib.import_module(f"{__name__}.{name}") for name in _MODULES)
