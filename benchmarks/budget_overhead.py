@@ -2,9 +2,11 @@
 
 With OpenBLAS (NumPy), an OpenMP runtime (scikit-learn's libgomp) and
 OpenVINO (TBB) loaded, times ``with threadguard.budget(1): pass`` and
-``with threadpoolctl.threadpool_limits(1): pass`` side by side in one run.
+``with threadpoolctl.threadpool_limits(1): pass`` side by side in one run,
+in interleaved rounds: a shared machine's slow spells (they last seconds,
+and halve the speed of both) fall on both alike.
 
-    python benchmarks/budget_overhead.py [--loops 2000] [--repeat 7]
+    python benchmarks/budget_overhead.py [--loops 2000] [--rounds 15]
 """
 
 from __future__ import annotations
@@ -44,18 +46,17 @@ def load_openvino() -> None:
         {0: np.ones((1, 64), np.float32)})
 
 
-def per_call_us(stmt, loops: int, repeat: int) -> float:
+def per_call_us(stmt, loops: int) -> float:
     # CPU time of the calling thread: what the guard costs it, without the
     # waits a shared VM adds, and without the CPU that idle OpenMP and TBB
     # workers of the process spin away meanwhile (process time counts them).
-    runs = timeit.repeat(stmt, number=loops, repeat=repeat, timer=time.thread_time)
-    return statistics.median(runs) / loops * 1e6
+    return timeit.timeit(stmt, number=loops, timer=time.thread_time) / loops * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--loops", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     np.ones((64, 64)) @ np.ones((64, 64))
     load_openmp()
@@ -72,12 +73,20 @@ def main() -> None:
             pass
 
     guard()
-    ours = per_call_us(guard, args.loops, args.repeat)
-    theirs = per_call_us(tpc, max(1, args.loops // 20), args.repeat)
-    print(f"median of {args.repeat} runs, the calling thread's CPU time per enter + exit")
-    print(f"  threadguard.budget(1)              {ours:8.1f} us")
-    print(f"  threadpoolctl.threadpool_limits(1) {theirs:8.1f} us")
-    print(f"  threadpoolctl / threadguard        {theirs / ours:8.1f}x")
+    tpc()
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(per_call_us(guard, args.loops))
+        theirs.append(per_call_us(tpc, max(1, args.loops // 20)))
+    ratios = [t / o for o, t in zip(ours, theirs)]
+    print(f"{args.rounds} interleaved rounds, the calling thread's CPU time per enter + exit:"
+          " median (range)")
+    for name, values in (("threadguard.budget(1)", ours),
+                         ("threadpoolctl.threadpool_limits(1)", theirs)):
+        print(f"  {name:34} {statistics.median(values):8.1f} us "
+              f"({min(values):.1f} to {max(values):.1f})")
+    print(f"  {'threadpoolctl / threadguard':34} {statistics.median(ratios):8.1f}x "
+          f"({min(ratios):.0f}x to {max(ratios):.0f}x)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Costs are counted in instructions too (``--instructions``: valgrind, as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -62,16 +63,18 @@ def round_of(scope: str, processes: int, ledger: str) -> tuple[float, list[str]]
     return wall, [o[1] if len(o) > 1 else "?" for o in outs]
 
 
+def batch(section, calls: int) -> float:
+    """CPU seconds of the calling thread per enter+exit of ``section()``."""
+    start = time.thread_time()
+    for _ in range(calls):
+        with section():
+            pass
+    return (time.thread_time() - start) / calls
+
+
 def cpu_per_call(section, batches: int = 15, calls: int = 2000) -> float:
     """Median CPU seconds of one enter+exit of ``section()``."""
-    samples = []
-    for _ in range(batches):
-        start = time.thread_time()
-        for _ in range(calls):
-            with section():
-                pass
-        samples.append((time.thread_time() - start) / calls)
-    return statistics.median(samples)
+    return statistics.median(batch(section, calls) for _ in range(batches))
 
 
 # Entries that change no membership, in the main thread: nested in its own
@@ -118,10 +121,16 @@ def no_change_instructions(ledger: str) -> dict[tuple[str, str], float]:
     return out
 
 
-def beside_cpu_per_call(scope: str) -> float:
-    """CPU time per entry while another thread holds a section of ``scope``."""
+@contextlib.contextmanager
+def around(case: str, scope: str):
+    """What the entries measured are inside of: a section of their own
+    thread (nested), or one another thread holds meanwhile (beside)."""
     import threading
     import threadguard
+    if case == "nested":
+        with threadguard.budget(1, scope=scope):
+            yield
+        return
     inside, done = threading.Event(), threading.Event()
 
     def holder():
@@ -133,10 +142,22 @@ def beside_cpu_per_call(scope: str) -> float:
     t.start()
     inside.wait()
     try:
-        return cpu_per_call(lambda: threadguard.budget(1, scope=scope))
+        yield
     finally:
         done.set()
         t.join()
+
+
+def no_change_cpu(case: str, batches: int = 15, calls: int = 2000) -> dict[str, float]:
+    """Median CPU seconds per enter+exit by scope, the scopes' batches
+    interleaved (a shared machine's slow spells fall on both alike)."""
+    import threadguard
+    samples: dict[str, list[float]] = {"process": [], "host": []}
+    for _ in range(batches):
+        for scope, values in samples.items():
+            with around(case, scope):
+                values.append(batch(lambda: threadguard.budget(1, scope=scope), calls))
+    return {scope: statistics.median(values) for scope, values in samples.items()}
 
 
 def main() -> None:
@@ -167,12 +188,9 @@ def main() -> None:
     import threadguard
     lone_process = cpu_per_call(lambda: threadguard.budget(1), calls=500)
     lone_host = cpu_per_call(lambda: threadguard.budget(1, scope="host"), calls=500)
-    cpu = {}
-    for scope in ("process", "host"):
-        with threadguard.budget(1, scope=scope):
-            cpu["nested", scope] = cpu_per_call(lambda: threadguard.budget(1, scope=scope))
-        cpu["beside", scope] = beside_cpu_per_call(scope)
-    print("enter+exit, CPU time per call (median of batches):")
+    cpu = {(case, scope): value for case in CASES
+           for scope, value in no_change_cpu(case).items()}
+    print("enter+exit, CPU time per call (median of batches, the scopes' batches interleaved):")
     print(f"  lone budget(1): process {lone_process * 1e6:.1f} us, host (join and leave) "
           f"{lone_host * 1e6:.1f} us")
     for case, what in zip(CASES, ("nested in a section of its thread",
