@@ -10,8 +10,8 @@ is from the signal until the last process ends.
 Also measured side by side: joining and leaving the ledger (a lone
 host-scoped section), and entries that change no membership, host vs
 process scope: nested in a section of the same thread, and beside a
-section another thread holds (CPU time of the calling thread, median of
-batches).
+section another thread holds (CPU time of the calling thread; one process
+per scope and round, the rounds interleaved).
 
 Costs are counted in instructions too (``--instructions``: valgrind, as
 ``budget_instructions.py``), since CPU times on a shared VM swing.
@@ -148,15 +148,34 @@ def around(case: str, scope: str):
         t.join()
 
 
-def no_change_cpu(case: str, batches: int = 15, calls: int = 2000) -> dict[str, float]:
-    """Median CPU seconds per enter+exit by scope, the scopes' batches
-    interleaved (a shared machine's slow spells fall on both alike)."""
-    import threadguard
+# One scope per process, as in real use. (Alternated in one process, the
+# second scope's entries measured slower whichever it was: the two run
+# through the same instructions, which the interpreter specializes for
+# what it saw last.)
+NO_CHANGE_CPU = """
+import statistics, sys, numpy, threadguard
+sys.path.insert(0, sys.argv[3])
+from host_ledger import around, batch
+case, scope = sys.argv[1], sys.argv[2]
+with around(case, scope):
+    batch(lambda: threadguard.budget(1, scope=scope), 500)
+    print(statistics.median(batch(lambda: threadguard.budget(1, scope=scope), 2000)
+                            for _ in range(5)))
+"""
+
+
+def no_change_cpu(case: str, ledger: str, rounds: int = 7) -> dict[str, float]:
+    """Median CPU seconds per enter+exit by scope: one process per scope
+    and round, the scopes' rounds interleaved (a shared machine's slow
+    spells fall on both alike)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, CI="true", THREADGUARD_LEDGER=ledger)
     samples: dict[str, list[float]] = {"process": [], "host": []}
-    for _ in range(batches):
+    for _ in range(rounds):
         for scope, values in samples.items():
-            with around(case, scope):
-                values.append(batch(lambda: threadguard.budget(1, scope=scope), calls))
+            out = subprocess.run([sys.executable, "-c", NO_CHANGE_CPU, case, scope, here],
+                                 env=env, check=True, capture_output=True, text=True).stdout
+            values.append(float(out.split()[-1]))
     return {scope: statistics.median(values) for scope, values in samples.items()}
 
 
@@ -189,8 +208,9 @@ def main() -> None:
     lone_process = cpu_per_call(lambda: threadguard.budget(1), calls=500)
     lone_host = cpu_per_call(lambda: threadguard.budget(1, scope="host"), calls=500)
     cpu = {(case, scope): value for case in CASES
-           for scope, value in no_change_cpu(case).items()}
-    print("enter+exit, CPU time per call (median of batches, the scopes' batches interleaved):")
+           for scope, value in no_change_cpu(case, ledger).items()}
+    print("enter+exit, CPU time per call (median of rounds, one process per scope and round,"
+          " interleaved):")
     print(f"  lone budget(1): process {lone_process * 1e6:.1f} us, host (join and leave) "
           f"{lone_host * 1e6:.1f} us")
     for case, what in zip(CASES, ("nested in a section of its thread",

@@ -186,10 +186,11 @@ class _Entry:
         self.thread_grant = thread_grant
         self.applied: list = []
         # Host scope. host_token: its hold in the host ledger (0: none), which
-        # asked host_ask, (asked, pinned); none of this process's live holds
-        # asked as much when it entered. covered: 1 when one did (any thread's):
-        # no change in membership, nothing of its own to hold; that hold stays
-        # while it is inside (``_host_settle``).
+        # asked host_ask, (asked, pinned), set when it joins (read only where
+        # host_token is); none of this process's live holds asked as much when
+        # it entered. covered: true when one did (any thread's): no change in
+        # membership, nothing of its own to hold; that hold stays while it is
+        # inside (``_host_settle``).
         self.host_token = 0
         self.covered = covered
 
