@@ -149,9 +149,9 @@ def around(case: str, scope: str):
 
 
 # One scope per process, as in real use. (Alternated in one process, the
-# second scope's entries measured slower whichever it was: the two run
-# through the same instructions, which the interpreter specializes for
-# what it saw last.)
+# host-scoped batches measured 4-19% slower, in processes of their own not,
+# with the same instructions counted either way: the two share the
+# interpreter's specialized instructions, a state neither has alone.)
 NO_CHANGE_CPU = """
 import statistics, sys, numpy, threadguard
 sys.path.insert(0, sys.argv[3])
