@@ -127,53 +127,127 @@ report(statuses=statuses, pools_started=started)
     assert f["pools_started"] == 5
 
 
+# A module's import made slow where only that module's import lock is held
+# (while it runs; finding it holds the interpreter's global import lock too,
+# which a fork waits for anyway): a fork can then land inside the import.
+SLOW_IMPORT = """
+import faulthandler, importlib.abc, importlib.machinery, threading, time
+faulthandler.dump_traceback_later(60, exit=True)  # a hang fails the test in a minute
+class _SlowLoader(importlib.abc.Loader):
+    def __init__(self, real, seconds, started):
+        self.real, self.seconds, self.started = real, seconds, started
+    def create_module(self, spec):
+        return self.real.create_module(spec)
+    def exec_module(self, module):
+        self.started.set()
+        time.sleep(self.seconds)
+        self.real.exec_module(module)
+class _SlowFinder(importlib.abc.MetaPathFinder):
+    def __init__(self, name, seconds, finding):
+        self.name, self.seconds, self.finding = name, seconds, finding
+        self.started = threading.Event()
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
+            return None
+        if self.finding:  # before the module is in sys.modules
+            self.started.set()
+            time.sleep(self.seconds)
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        spec.loader = _SlowLoader(spec.loader, self.seconds, self.started)
+        return spec
+def slow_import(name, seconds=0.5, finding=False):
+    finder = _SlowFinder(name, seconds, finding)
+    sys.meta_path.insert(0, finder)
+    return finder.started
+def wait_child(pid):  # exit code, or "hung" after 15 s
+    deadline = time.monotonic() + 15
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9); os.waitpid(pid, 0)
+            return "hung"
+        time.sleep(0.01)
+def child_budget():  # in a forked child: exits 7 when its first budget caps and leaks nothing
+    with threadguard.budget(1) as b:
+        capped = b.threads == 1
+    os._exit(7 if capped and "KMP_DUPLICATE_LIB_OK" not in os.environ else 3)
+"""
+
+
 @pytest.mark.parametrize("slowed", ["threadguard.guard", "threadpoolctl"])
 def test_fork_while_another_thread_imports_what_budgets_need(slowed):
     # A worker thread's first budget imports the guard (or threadpoolctl, at
     # the first look at the loaded libraries). A fork meanwhile used to leave
     # the child waiting forever on that module's import lock, held by a
-    # thread that does not exist there. The import is slowed (a finder that
-    # finds nothing, run under the lock), so the fork lands inside it.
-    code = f"""
-import importlib, importlib.abc, threading, time, numpy, threadguard
+    # thread that does not exist there.
+    code = SLOW_IMPORT + f"""
+import importlib, numpy, threadguard
 SLOWED = {slowed!r}
-inside = threading.Event()
-class Slow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == SLOWED and threading.current_thread() is not threading.main_thread():
-            inside.set()
-            time.sleep(0.5)
-        return None
-sys.meta_path.insert(0, Slow())
 if SLOWED != "threadguard.guard":
     threadguard.budget  # the guard is imported here: the thread imports threadpoolctl only
+started = slow_import(SLOWED)
 def first():
     with threadguard.budget(1):
         pass
 t = threading.Thread(target=first)
 t.start()
-inside.wait()
+started.wait()
 landed_inside = SLOWED in importlib._bootstrap._module_locks  # its import lock is held
 pid = os.fork()
 if pid == 0:
-    with threadguard.budget(1) as b:
-        capped = b.threads == 1
-    os._exit(7 if capped and "KMP_DUPLICATE_LIB_OK" not in os.environ else 3)
-deadline = time.monotonic() + 15
-while True:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        status = os.waitstatus_to_exitcode(status)
-        break
-    if time.monotonic() > deadline:
-        os.kill(pid, 9); os.waitpid(pid, 0); status = "hung"
-        break
-    time.sleep(0.01)
+    child_budget()
+status = wait_child(pid)
 t.join()
 report(landed_inside=landed_inside, status=status)
 """
     with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}, timeout=60) as child:
         assert child.facts == {"landed_inside": True, "status": 7}
+
+
+@pytest.mark.parametrize("case", ["own threadpoolctl import", "own guard import",
+                                  "waiting for another thread's guard import"])
+def test_a_signal_handler_forking_during_an_import_neither_hangs_nor_breaks_it(case):
+    # The fork hooks must not wait for an import of the forking thread's own
+    # (it is the thread the handler interrupted: it would wait for itself),
+    # nor run an import again inside the one it interrupted.
+    code = SLOW_IMPORT + f"""
+import gc, importlib, signal, numpy, threadguard
+CASE = {case!r}
+forks = []
+def handler(signum, frame):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)  # the child of a handler: only shows the fork returned
+    forks.append(pid)
+signal.signal(signal.SIGALRM, handler)
+if CASE == "own threadpoolctl import":
+    threadguard.budget
+    slow_import("threadpoolctl")
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    with threadguard.budget(1):
+        pass
+elif CASE == "own guard import":
+    slow_import("threadguard.guard", finding=True)  # not in sys.modules yet
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    threadguard.budget
+else:
+    started = slow_import("threadguard.guard", 1.0)
+    t = threading.Thread(target=lambda: threadguard.budget)
+    t.start()
+    started.wait()
+    signal.setitimer(signal.ITIMER_REAL, 0.3)  # while this thread waits for the import
+    threadguard.budget
+    t.join()
+with threadguard.budget(1) as b:
+    capped = b.threads == 1
+ledgers = sum(type(o).__name__ == "_Ledger" for o in gc.get_objects())
+report(forks=[wait_child(pid) for pid in forks], capped=capped, ledgers=ledgers)
+"""
+    with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}, timeout=60) as child:
+        assert child.facts == {"forks": [7], "capped": True, "ledgers": 1}
 
 
 @pytest.mark.parametrize("env", [False, True])

@@ -5,8 +5,8 @@ The public API, nothing else. Names are imported on first use, so
 never imports NumPy, OpenVINO or torch.
 """
 
+from . import _fork_imports  # noqa: F401  (first: a fork waits for imports of ours under way)
 from ._errors import AccessDenied, NoSuchProcess, ThreadguardError, ZombieProcess
-from . import _fork_imports  # noqa: F401  (a fork waits for imports of ours under way)
 
 __version__ = "0.1.0"
 

@@ -8,26 +8,44 @@ would wait forever. threadguard's modules are imported on first use (often
 from a worker thread), so the hook waits for those imports in the parent
 instead; it runs before the interpreter takes its own import lock for the
 fork, and costs a lookup in a small dict when nothing is being imported.
+
+It never waits for an import of the forking thread's own (a signal handler
+that forks in the middle of one) and does nothing where CPython's import
+locks cannot be read.
 """
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import os
-import sys
 
-_PREFIX = __name__.rpartition(".")[0] + "."
+_PACKAGE = __name__.rpartition(".")[0]
+_PREFIX = _PACKAGE + "."
 
 
 def _being_imported() -> list[str]:
-    """Names of threadguard's modules some thread is importing now."""
-    # CPython's import locks of the modules being imported: held from before
+    """Names of threadguard's modules that other threads are importing now."""
+    bootstrap = getattr(importlib, "_bootstrap", None)
+    # CPython's import locks of the modules being imported, held from before
     # the module is in sys.modules (while its file is found) until it is done.
-    locks = getattr(getattr(importlib, "_bootstrap", None), "_module_locks", None)
-    if isinstance(locks, dict):
-        return [name for name in list(locks) if name.startswith(_PREFIX)]
-    return [name for name, module in list(sys.modules.items()) if name.startswith(_PREFIX)
-            and getattr(getattr(module, "__spec__", None), "_initializing", False)]
+    locks = getattr(bootstrap, "_module_locks", None)
+    blocking = getattr(bootstrap, "_blocking_on", None)  # thread -> the lock(s) it waits for
+    if not isinstance(locks, dict) or blocking is None:
+        return []
+    me = _thread.get_ident()
+    try:
+        if blocking.get(me):  # a signal handler, while this thread waits for an import
+            return []
+    except Exception:
+        return []
+    out = []
+    for name, ref in list(locks.items()):
+        if name == _PACKAGE or name.startswith(_PREFIX):
+            owner = getattr(ref(), "owner", None)
+            if owner is not None and owner != me:
+                out.append(name)
+    return out
 
 
 def finish_imports() -> None:

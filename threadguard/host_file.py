@@ -39,6 +39,11 @@ import warnings
 import zlib
 from typing import NamedTuple
 
+try:  # imported now, not at the first lock (a fork during the import would hang the child)
+    import fcntl
+except ImportError:  # not POSIX: the ledger is not used
+    fcntl = None
+
 ENV_VAR = "THREADGUARD_LEDGER"
 MAGIC = b"TGHOST\x00\x02"
 FAMILY = MAGIC[:6]  # any version of this layout: ours to rebuild
@@ -190,7 +195,7 @@ class LedgerFile:
     (``with ledger:``)."""
 
     def __init__(self, path: str | None = None):
-        if sys.platform == "win32":
+        if sys.platform == "win32" or fcntl is None:
             raise LedgerError("the host ledger needs POSIX file locks")
         self.path = os.path.abspath(path or ledger_path())  # a later chdir must not move it
         self.explicit = bool(os.environ.get(ENV_VAR))
@@ -398,7 +403,6 @@ def _reserve(fd: int) -> None:
 
 
 def _unlock(fd: int) -> None:
-    import fcntl
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError:  # closed under us: nothing held
@@ -410,7 +414,6 @@ def _flock(fd: int, path: str) -> None:
     header names) runs, at most LOCK_WAIT seconds; given up at once when the
     holder is stopped (SIGSTOP, a debugger), so no participant hangs on
     another. Raises LedgerError when it cannot be had."""
-    import fcntl
     deadline, delay = None, 0.00005
     while True:
         try:
