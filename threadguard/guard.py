@@ -358,6 +358,12 @@ def _default_scope() -> str:
     return "process"
 
 
+def _host_cap() -> int:
+    """This process's grant from the host ledger, UNCAPPED when it holds none."""
+    grant = _host.grant()
+    return UNCAPPED if grant is None else grant
+
+
 def _host_changed() -> None:
     """This process's grant or CPUs may have moved (the watcher saw it, or a
     hold was given back): the process-wide limits and the affinity follow
@@ -383,12 +389,6 @@ def _host_changed() -> None:
 
 
 _host.on_change = _host_changed
-
-
-def _host_cap() -> int:
-    """This process's grant from the host ledger, UNCAPPED when it holds none."""
-    grant = _host.grant()
-    return UNCAPPED if grant is None else grant
 _host_warned: set = set()
 
 
@@ -411,7 +411,6 @@ def _join_host(entry: _Entry, plan: Plan) -> None:
                           "covers this process only", HostLedgerWarning, stacklevel=4)
         entry.applied.append(Applied("host ledger", PROCESS, None, None, "skipped", None, reason))
         return
-    _ledger.host_cap = UNCAPPED if grant is None else grant
     entry.applied.append(_new_row(Applied, ("host ledger", PROCESS, asked, grant, "applied",
                                             _host.path(), "asked, granted")))
 
@@ -620,8 +619,7 @@ class budget:
         if self._host and not any(r.target == "host ledger" for r in out):
             cap = _ledger.host_cap
             out.insert(0, Applied("host ledger", PROCESS, None, None if cap == UNCAPPED else cap,
-                                  "applied",
-                                  _host.path(), "covered by a hold of this process"))
+                                  "applied", _host.path(), "covered by a hold of this process"))
         return out
 
     # -- entering and leaving ---------------------------------------------
@@ -693,20 +691,20 @@ class budget:
                                 led.stacks.pop(ident, None)
                                 led.owners.pop(ident, None)
                         else:
+                            if joins:  # the grant it shares (the watcher may have moved it)
+                                led.host_cap = _host_cap()
                             if stack:
                                 entry.want = _shares.nested_want(plan.threads, stack[-1].top())
                             others = led.tops(skip=ident) if len(led.stacks) > 1 else ()
                             _, entry.thread_grant = _shares.entry_grants(
                                 entry.want, led.capacity(entry), others)
-                            if joins:
-                                led.host_cap = _host_cap()  # the watcher may have moved it
-                                if entry.host_token:  # live: the sections it covers count on it
-                                    live = dict(led.host_live)
-                                    live[entry.host_token] = entry.host_ask
-                                    cover, pinned = _cover_of(live)
-                                    # Live and in with no call between (no signal lands there).
-                                    led.host_live, led.host_cover, led.host_cover_pinned = (
-                                        live, cover, pinned)
+                            if joins and entry.host_token:  # live: covered sections count on it
+                                live = dict(led.host_live)
+                                live[entry.host_token] = entry.host_ask
+                                cover, pinned = _cover_of(live)
+                                # Live and in with no call between (no signal lands there).
+                                led.host_live, led.host_cover, led.host_cover_pinned = (
+                                    live, cover, pinned)
                             led.env_entries += entry.env
                             stack += (entry,)
                             if led.host_keep and joins:  # kept ones it covers go
