@@ -18,10 +18,20 @@ import pytest
 # Run by every child before its code: `report(**facts)` prints one JSON line
 # and then waits until the test closes stdin.
 PRELUDE = """
-import json, os, sys, threading
+import json, os, sys, threading, time
 def report(**facts):
     print(json.dumps(facts), flush=True)
     sys.stdin.read()
+def wait_child(pid, seconds=15):  # a forked child's exit code, or "hung" (then killed)
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9); os.waitpid(pid, 0)
+            return "hung"
+        time.sleep(0.005)
 def new_tids(before):
     return sorted(set(int(t) for t in os.listdir("/proc/self/task")) - set(before))
 def tids():

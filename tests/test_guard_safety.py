@@ -101,16 +101,7 @@ for _ in range(30):
         with threadguard.budget(1):
             pass
         os._exit(7)
-    deadline = __import__("time").monotonic() + 20
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            statuses.append(os.waitstatus_to_exitcode(status))
-            break
-        if __import__("time").monotonic() > deadline:
-            os.kill(pid, 9); os.waitpid(pid, 0); statuses.append("hung")
-            break
-        __import__("time").sleep(0.005)
+    statuses.append(wait_child(pid, 20))
 shares = threadguard.worker_budget(2)
 ctx = mp.get_context("fork")
 started = 0
@@ -160,16 +151,6 @@ def slow_import(name, seconds=0.5, finding=False):
     finder = _SlowFinder(name, seconds, finding)
     sys.meta_path.insert(0, finder)
     return finder.started
-def wait_child(pid):  # exit code, or "hung" after 15 s
-    deadline = time.monotonic() + 15
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, 9); os.waitpid(pid, 0)
-            return "hung"
-        time.sleep(0.01)
 def child_budget():  # in a forked child: exits 7 when its first budget caps and leaks nothing
     with threadguard.budget(1) as b:
         capped = b.threads == 1
