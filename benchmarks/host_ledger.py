@@ -80,40 +80,33 @@ def cpu_per_call(section, batches: int = 15, calls: int = 2000) -> float:
 # Entries that change no membership, in the main thread: nested in its own
 # section, or beside a section another thread holds for the whole loop.
 NO_CHANGE = """
-import ctypes, glob, os, sys, sysconfig, threading
+import ctypes, glob, os, sys, sysconfig
 import numpy, threadguard
 site = sysconfig.get_paths()["purelib"]
 ctypes.CDLL(glob.glob(os.path.join(site, "scikit_learn.libs", "libgomp*.so*"))[0])
 numpy.ones((64, 64)) @ numpy.ones((64, 64))
-scope, case = os.environ["SCOPE"], os.environ["CASE"]
-inside, done = threading.Event(), threading.Event()
-def holder():
-    with threadguard.budget(1, scope=scope):
-        inside.set()
-        done.wait()
-if case == "beside":
-    t = threading.Thread(target=holder)
-    t.start()
-    inside.wait()
-else:
-    threadguard.budget(1, scope=scope).__enter__()
-for _ in range(50):
-    with threadguard.budget(1, scope=scope): pass
-for _ in range(int(sys.argv[1])):
-    with threadguard.budget(1, scope=scope): pass
-done.set()
+sys.path.insert(0, os.environ["BENCHMARKS"])
+from host_ledger import around
+scope = os.environ["SCOPE"]
+with around(os.environ["CASE"], scope):
+    for _ in range(50):
+        with threadguard.budget(1, scope=scope): pass
+    for _ in range(int(sys.argv[1])):
+        with threadguard.budget(1, scope=scope): pass
 """
 CASES = ("nested", "beside")
 
 
 def no_change_instructions(ledger: str) -> dict[tuple[str, str], float]:
     """Instructions per enter+exit of the main thread, by (case, scope)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
     from budget_instructions import main_thread_instructions
     out = {}
     for case in CASES:
         for scope in ("process", "host"):
-            env = dict(os.environ, SCOPE=scope, CASE=case, THREADGUARD_LEDGER=ledger)
+            env = dict(os.environ, SCOPE=scope, CASE=case, THREADGUARD_LEDGER=ledger,
+                       BENCHMARKS=here)
             with tempfile.TemporaryDirectory() as tmp:
                 few = main_thread_instructions(1000, tmp, NO_CHANGE, env)
                 many = main_thread_instructions(3000, tmp, NO_CHANGE, env)
