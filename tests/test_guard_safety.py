@@ -158,19 +158,26 @@ def child_budget():  # in a forked child: exits 7 when its first budget caps and
 """
 
 
-@pytest.mark.parametrize("slowed", ["threadguard.guard", "threadpoolctl"])
-def test_fork_while_another_thread_imports_what_budgets_need(slowed):
-    # A worker thread's first budget imports the guard (or threadpoolctl, at
-    # the first look at the loaded libraries). A fork meanwhile used to leave
+@pytest.mark.parametrize("first", ["threadguard.budget", "import threadguard.guard", "threadpoolctl"])
+def test_fork_while_another_thread_imports_what_budgets_need(first):
+    # A worker thread's first budget imports the guard, then threadpoolctl at
+    # the first look at the loaded libraries. A fork meanwhile used to leave
     # the child waiting forever on that module's import lock, held by a
-    # thread that does not exist there.
+    # thread that does not exist there; so did a fork whose hook waited for
+    # the guard's import, when the thread began threadpoolctl's before the
+    # fork (here while a hook of another library runs, after threadguard's).
     code = SLOW_IMPORT + f"""
+os.register_at_fork(before=lambda: time.sleep(0.3))  # registered first: runs after threadguard's
 import importlib, numpy, threadguard
-SLOWED = {slowed!r}
-if SLOWED != "threadguard.guard":
+FIRST = {first!r}
+SLOWED = "threadpoolctl" if FIRST == "threadpoolctl" else "threadguard.guard"
+if FIRST == "threadpoolctl":
     threadguard.budget  # the guard is imported here: the thread imports threadpoolctl only
+slow_import("threadpoolctl")
 started = slow_import(SLOWED)
 def first():
+    if FIRST == "import threadguard.guard":
+        importlib.import_module("threadguard.guard")  # not through the package's names
     with threadguard.budget(1):
         pass
 t = threading.Thread(target=first)
