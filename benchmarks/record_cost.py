@@ -13,7 +13,6 @@ waiting, as pools do between parallel regions.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys

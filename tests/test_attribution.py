@@ -6,7 +6,6 @@ the child lists its threads before and after starting each pool.
 
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -6,7 +6,6 @@ import pytest
 
 import threadguard
 from threadguard import cgroup
-from threadguard._fs import FsRoot
 from machine_tree import V1_MOUNTINFO, V2_MOUNTINFO, machine
 
 
