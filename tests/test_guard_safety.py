@@ -125,17 +125,20 @@ SLOW_IMPORT = """
 import faulthandler, importlib.abc, importlib.machinery, threading, time
 faulthandler.dump_traceback_later(60, exit=True)  # a hang fails the test in a minute
 class _SlowLoader(importlib.abc.Loader):
-    def __init__(self, real, seconds, started):
-        self.real, self.seconds, self.started = real, seconds, started
+    def __init__(self, real, seconds, started, after):
+        self.real, self.seconds, self.started, self.after = real, seconds, started, after
     def create_module(self, spec):
         return self.real.create_module(spec)
     def exec_module(self, module):
+        if self.after:  # the module's code has run, its import is not done
+            self.real.exec_module(module)
         self.started.set()
         time.sleep(self.seconds)
-        self.real.exec_module(module)
+        if not self.after:
+            self.real.exec_module(module)
 class _SlowFinder(importlib.abc.MetaPathFinder):
-    def __init__(self, name, seconds, finding):
-        self.name, self.seconds, self.finding = name, seconds, finding
+    def __init__(self, name, seconds, finding, after):
+        self.name, self.seconds, self.finding, self.after = name, seconds, finding, after
         self.started = threading.Event()
     def find_spec(self, name, path=None, target=None):
         if name != self.name:
@@ -145,10 +148,10 @@ class _SlowFinder(importlib.abc.MetaPathFinder):
             time.sleep(self.seconds)
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        spec.loader = _SlowLoader(spec.loader, self.seconds, self.started)
+        spec.loader = _SlowLoader(spec.loader, self.seconds, self.started, self.after)
         return spec
-def slow_import(name, seconds=0.5, finding=False):
-    finder = _SlowFinder(name, seconds, finding)
+def slow_import(name, seconds=0.5, finding=False, after=False):
+    finder = _SlowFinder(name, seconds, finding, after)
     sys.meta_path.insert(0, finder)
     return finder.started
 def child_budget():  # in a forked child: exits 7 when its first budget caps and leaks nothing
@@ -163,9 +166,10 @@ def test_fork_while_another_thread_imports_what_budgets_need(first):
     # A worker thread's first budget imports the guard, then threadpoolctl at
     # the first look at the loaded libraries. A fork meanwhile used to leave
     # the child waiting forever on that module's import lock, held by a
-    # thread that does not exist there; so did a fork whose hook waited for
-    # the guard's import, when the thread began threadpoolctl's before the
-    # fork (here while a hook of another library runs, after threadguard's).
+    # thread that does not exist there (also when a fork hook waited for the
+    # guard's import: the thread began threadpoolctl's while another
+    # library's hook ran). The child imports them afresh, and does not keep
+    # the variable threadpoolctl's code sets.
     code = SLOW_IMPORT + f"""
 os.register_at_fork(before=lambda: time.sleep(0.3))  # registered first: runs after threadguard's
 import importlib, numpy, threadguard
@@ -173,8 +177,10 @@ FIRST = {first!r}
 SLOWED = "threadpoolctl" if FIRST == "threadpoolctl" else "threadguard.guard"
 if FIRST == "threadpoolctl":
     threadguard.budget  # the guard is imported here: the thread imports threadpoolctl only
-slow_import("threadpoolctl")
-started = slow_import(SLOWED)
+# threadpoolctl's own code sets KMP_DUPLICATE_LIB_OK: the fork lands after it
+started = slow_import(SLOWED, after=FIRST == "threadpoolctl")
+if SLOWED != "threadpoolctl":
+    slow_import("threadpoolctl")
 def first():
     if FIRST == "import threadguard.guard":
         importlib.import_module("threadguard.guard")  # not through the package's names
@@ -195,20 +201,48 @@ report(landed_inside=landed_inside, status=status)
         assert child.facts == {"landed_inside": True, "status": 7}
 
 
+def test_fork_while_the_program_imports_a_standard_module_budgets_need_too():
+    # Not threadguard's import: another thread of the program imports a
+    # standard module at the fork. The child's first budget imports it too
+    # (the guard's records are dataclasses), and used to wait forever.
+    code = SLOW_IMPORT + """
+import numpy, threadguard
+assert "dataclasses" not in sys.modules
+started = slow_import("dataclasses")
+t = threading.Thread(target=lambda: __import__("dataclasses"))
+t.start()
+started.wait()
+pid = os.fork()
+if pid == 0:
+    child_budget()
+status = wait_child(pid)
+t.join()
+report(status=status)
+"""
+    with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}, timeout=60) as child:
+        assert child.facts == {"status": 7}
+
+
 @pytest.mark.parametrize("case", ["own threadpoolctl import", "own guard import",
-                                  "waiting for another thread's guard import"])
+                                  "waiting for another thread's guard import",
+                                  "waiting, its child goes on"])
 def test_a_signal_handler_forking_during_an_import_neither_hangs_nor_breaks_it(case):
-    # The fork hooks must not wait for an import of the forking thread's own
-    # (it is the thread the handler interrupted: it would wait for itself),
-    # nor run an import again inside the one it interrupted.
+    # The fork hooks must not touch an import of the forking thread's own
+    # (it is the thread the handler interrupted), nor run an import again
+    # inside the one it interrupted. A child that goes on with the import
+    # its thread waited for (another thread's, abandoned there) does it
+    # itself.
     code = SLOW_IMPORT + f"""
 import gc, importlib, signal, numpy, threadguard
 CASE = {case!r}
-forks = []
+forks, in_child = [], []
 def handler(signum, frame):
     pid = os.fork()
     if pid == 0:
-        os._exit(7)  # the child of a handler: only shows the fork returned
+        if CASE != "waiting, its child goes on":
+            os._exit(7)  # the child of a handler: only shows the fork returned
+        in_child.append(True)
+        return
     forks.append(pid)
 signal.signal(signal.SIGALRM, handler)
 if CASE == "own threadpoolctl import":
@@ -232,6 +266,8 @@ else:
 with threadguard.budget(1) as b:
     capped = b.threads == 1
 ledgers = sum(type(o).__name__ == "_Ledger" for o in gc.get_objects())
+if in_child:
+    os._exit(7 if capped and ledgers == 1 else 3)
 report(forks=[wait_child(pid) for pid in forks], capped=capped, ledgers=ledgers)
 """
     with python_child(code, env={"KMP_DUPLICATE_LIB_OK": None}, timeout=60) as child:

@@ -5,7 +5,7 @@ The public API, nothing else. Names are imported on first use, so
 never imports NumPy, OpenVINO or torch.
 """
 
-from . import _fork_imports  # first: a fork never lands inside an import of ours
+from . import _fork_imports  # noqa: F401  (first: a forked child can import what another thread was importing)
 from ._errors import AccessDenied, NoSuchProcess, ThreadguardError, ZombieProcess
 
 __version__ = "0.1.0"
@@ -40,8 +40,7 @@ def __getattr__(name):
     except KeyError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     import importlib
-    with _fork_imports.lock:
-        module = importlib.import_module(f".{module_name}", __name__)
+    module = importlib.import_module(f".{module_name}", __name__)
     value = module if attribute is None else getattr(module, attribute)
     if attribute is not None:
         globals()[name] = value  # next time: a plain attribute lookup

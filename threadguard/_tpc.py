@@ -3,37 +3,57 @@
 Importing threadpoolctl runs ``os.environ.setdefault("KMP_DUPLICATE_LIB_OK",
 "True")``, which would leave the user's process (and its children) changed
 and hide duplicate OpenMP runtimes. threadguard imports it through here and
-puts the variable back as it was.
+puts the variable back as it was, in a forked child too when the fork came
+while another thread imported it.
 
 Several threads may ask at once (the first budgets of a thread pool): the
 module is handed out only once fully imported. ``sys.modules`` holds a
 module while it is still executing, so a plain lookup there would give a
-second thread a half-initialised one. The import holds the lock of
-threadguard's lazy imports, which a fork takes too: a child is never forked
-inside the import, nor before the variable is put back.
+second thread a half-initialised one.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
-from ._fork_imports import lock as _lock
-
+_lock = threading.Lock()
 _module = None
+_importer = 0  # the thread importing it now
+_before: str | None = None  # the variable's value before that import
 
 
 def threadpoolctl():
-    global _module
+    global _module, _importer, _before
     module = _module
     if module is not None:
         return module
     with _lock:
         if _module is None:
-            before = os.environ.get("KMP_DUPLICATE_LIB_OK")
-            import threadpoolctl as module  # waits for another thread's import to finish
-            if before is None:
-                os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
-            else:
-                os.environ["KMP_DUPLICATE_LIB_OK"] = before
+            _before = os.environ.get("KMP_DUPLICATE_LIB_OK")
+            _importer = threading.get_ident()
+            try:
+                import threadpoolctl as module  # waits for another thread's import to finish
+            finally:
+                _put_back()
+                _importer = 0
             _module = module
         return _module
+
+
+def _put_back() -> None:
+    if _before is None:
+        os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
+    else:
+        os.environ["KMP_DUPLICATE_LIB_OK"] = _before
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _importer
+    if _importer and _importer != threading.get_ident():
+        _put_back()  # that thread's import is abandoned here (see _fork_imports)
+        _importer = 0
+    _lock = threading.Lock()  # another thread may have held it at fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
