@@ -7,49 +7,39 @@ not exist there, and any import of it there waits forever: the child's
 first budget among them. threadguard's modules are imported on first use
 (often from a worker thread's first budget), threadpoolctl at the first
 look at the loaded libraries, and with them standard modules (tempfile,
-ctypes, ...) that any other thread of the program may be importing too.
+dataclasses, ...) that any other thread of the program may be importing
+too.
 
 Waiting in the parent instead cannot be made safe: a fork hook that waits
 for, or holds, a lock runs beside other libraries' hooks and CPython's own
 import lock, and can deadlock with them. So the parent never waits; the
-child repairs. Imports abandoned in the child are dropped: for modules of
-threadguard, threadpoolctl and the standard library, and for every import
-a thread had under way around or inside one of threadguard's. A dropped
-import's module lock is forgotten, and a module of Python code that was
-executing is taken out of ``sys.modules``, so the next import runs it
-afresh. Extension modules half-initialised are left as they are: running
-their initialisation twice is not safe. Other imports of the program's
-own are left as CPython leaves them.
+child repairs the abandoned imports of threadguard's modules, threadpoolctl
+and the standard library. Each one's module lock is forgotten, and a
+module that was executing is taken out of ``sys.modules``, so the next
+import runs it afresh (as after a failed import). Other imports of the
+program's own are left as CPython leaves them.
 
-A fork from a signal handler while its own thread waits for such an import
-wakes that wait (the import is then done by this thread), and never
-touches an import of the forking thread's own.
+A fork from a signal handler never touches an import of its own thread's;
+if that thread waited for an abandoned import, the wait is woken and a
+module that was executing runs again in place.
 """
 
 from __future__ import annotations
 
 import _thread
 import importlib
-import importlib.machinery
 import os
 import sys
 
 _PACKAGE = __name__.rpartition(".")[0]
-_PREFIX = _PACKAGE + "."
-_OTHERS = ("threadpoolctl",)
-
-
 _STDLIB = getattr(sys, "stdlib_module_names", frozenset())
-
-
-def _watched(name: str) -> bool:
-    return name == _PACKAGE or name.startswith(_PREFIX) or name in _OTHERS
 
 
 def _needed(name: str) -> bool:
     """Whether a budget may import the module: ours, threadpoolctl, and the
     standard library's that they use."""
-    return _watched(name) or name.partition(".")[0] in _STDLIB
+    top = name.partition(".")[0]
+    return top == _PACKAGE or top == "threadpoolctl" or top in _STDLIB
 
 
 def _waited_for_by(bootstrap, me: int) -> list:
@@ -89,11 +79,19 @@ def _mid_execution(module) -> bool:
     return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
-def _native(module) -> bool:
-    """Whether the module is an extension (or built in): its initialisation
-    cannot be run twice safely."""
-    origin = getattr(getattr(module, "__spec__", None), "origin", None) or ""
-    return origin == "built-in" or origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+def _run_again_in_place(module, bootstrap, me: int) -> None:
+    """Run a module's code again into the same object: the forking thread
+    waits for it in CPython's fast path, which hands out the object it saw
+    before waiting, not what ``sys.modules`` holds after."""
+    blocking = bootstrap._blocking_on
+    waiting = blocking.get(me)  # before 3.12, the reload's own wait drops this entry
+    try:
+        importlib.reload(module)
+    except Exception:  # its error is for the woken import to meet
+        pass
+    finally:
+        if waiting is not None and blocking.get(me) is None:
+            blocking[me] = waiting
 
 
 def _repair_in_child() -> None:
@@ -102,28 +100,40 @@ def _repair_in_child() -> None:
     if not isinstance(locks, dict):
         return
     me = _thread.get_ident()
-    held = []  # (name, lock) of locks held by threads that do not exist here
+    # Locks of modules a budget may need, held by threads that do not exist here.
+    held = []
     for name, ref in list(locks.items()):
         lock = ref()
         owner = getattr(lock, "owner", None)
-        if owner is not None and owner != me:
+        if owner is not None and owner != me and _needed(name):
             held.append((name, lock))
     if not held:
         return
-    ours = {lock.owner for name, lock in held if _watched(name)}  # threads in an import of ours
     waited = _waited_for_by(bootstrap, me)
+    again = []
     for name, lock in held:
-        if lock.owner not in ours and not _needed(name):
-            continue  # another import of the program's own: as CPython leaves it
         module = sys.modules.get(name)
-        if module is not None and _mid_execution(module):
-            if _native(module):
-                continue  # half-initialised native code: left as it is
-            del sys.modules[name]
+        mid = module is not None and _mid_execution(module)
         if any(w is lock for w in waited):
-            _release_for_dead_owner(lock)
-        elif locks.get(name) is not None and locks[name]() is lock:
+            if _release_for_dead_owner(lock) and mid:
+                again.append(module)
+            continue
+        if mid:
+            del sys.modules[name]  # the next import runs it afresh
+        if locks.get(name) is not None and locks[name]() is lock:
             del locks[name]  # the next import makes a new one
+    for module in again:  # after the other repairs: its code may import those
+        _run_again_in_place(module, bootstrap, me)
+
+
+def acquire_following(current):
+    """Acquire the lock ``current()`` returns, waiting in steps: a fork from
+    a signal handler during the wait replaces the lock in the child, where
+    its holder does not exist, and the wait goes on with the new one."""
+    while True:
+        lock = current()
+        if lock.acquire(timeout=0.05):
+            return lock
 
 
 def _after_fork_in_child() -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import threading
 
+from ._fork_imports import acquire_following
+
 _lock = threading.Lock()
 _module = None
 _importer = 0  # the thread importing it now
@@ -28,7 +30,8 @@ def threadpoolctl():
     module = _module
     if module is not None:
         return module
-    with _lock:
+    lock = acquire_following(lambda: _lock)  # a fork may replace it meanwhile
+    try:
         if _module is None:
             _before = os.environ.get("KMP_DUPLICATE_LIB_OK")
             _importer = threading.get_ident()
@@ -39,6 +42,8 @@ def threadpoolctl():
                 _importer = 0
             _module = module
         return _module
+    finally:
+        lock.release()
 
 
 def _put_back() -> None:

@@ -36,6 +36,7 @@ import sys
 import threading
 import warnings
 from . import _env
+from ._fork_imports import acquire_following
 from . import host as _host
 from .applied import Applied
 from . import numa as _numa
@@ -87,8 +88,12 @@ class _Registry:
             key = tuple(m in modules for m in triggers)
             self.modules_count = len(modules)
         if generation != self.generation or key != self.modules_key:
-            with self.lock:  # one rescan at a time; a finalizer inside may rescan again
+            # One rescan at a time; a finalizer inside may rescan again.
+            lock = acquire_following(lambda: self.lock)  # a fork may replace it meanwhile
+            try:
                 self._rescan(generation, key)
+            finally:
+                lock.release()
         return self.split
 
     def _rescan(self, generation, key) -> None:
