@@ -20,8 +20,10 @@ import runs it afresh (as after a failed import). Other imports of the
 program's own are left as CPython leaves them.
 
 A fork from a signal handler never touches an import of its own thread's;
-if that thread waited for an abandoned import, the wait is woken and a
-module that was executing runs again in place.
+if that thread waited for one of those abandoned imports, the wait is woken
+and a module that was executing runs again in place, here in the hook
+(with its packages that were executing too). Not covered: a signal that
+came while that thread was inside the module lock's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ def _waited_for_by(bootstrap, me: int) -> list:
 
 def _release_for_dead_owner(lock) -> bool:
     """What the dead owner's release would have done, for a thread of this
-    process blocked on the lock; False when its internal lock is taken (by
-    whom cannot be told) and nothing was changed."""
+    process blocked on the lock; False when its internal lock is taken
+    (the signal came inside it: where the thread stopped cannot be told)
+    and nothing was changed."""
     inner = lock.lock
-    if not inner.acquire(False):
+    owned = getattr(inner, "_is_owned", None)  # an RLock since 3.12
+    if (owned is not None and owned()) or not inner.acquire(False):
         return False
     try:
         lock.owner = None
@@ -69,6 +73,7 @@ def _release_for_dead_owner(lock) -> bool:
                 lock.waiters.pop()
             else:
                 lock.waiters -= 1
+        if lock.wakeup.locked():  # a waiter blocks on it
             lock.wakeup.release()
     finally:
         inner.release()
@@ -84,13 +89,13 @@ def _run_again_in_place(module, bootstrap, me: int) -> None:
     waits for it in CPython's fast path, which hands out the object it saw
     before waiting, not what ``sys.modules`` holds after."""
     blocking = bootstrap._blocking_on
-    waiting = blocking.get(me)  # before 3.12, the reload's own wait drops this entry
+    waiting = blocking.get(me)  # before 3.12 (a dict), the reload's own wait drops this entry
     try:
         importlib.reload(module)
     except Exception:  # its error is for the woken import to meet
         pass
     finally:
-        if waiting is not None and blocking.get(me) is None:
+        if isinstance(blocking, dict) and waiting is not None and blocking.get(me) is None:
             blocking[me] = waiting
 
 
@@ -110,20 +115,31 @@ def _repair_in_child() -> None:
     if not held:
         return
     waited = _waited_for_by(bootstrap, me)
-    again = []
+    again = []  # modules that run again in place
     for name, lock in held:
         module = sys.modules.get(name)
-        mid = module is not None and _mid_execution(module)
         if any(w is lock for w in waited):
-            if _release_for_dead_owner(lock) and mid:
-                again.append(module)
+            if _release_for_dead_owner(lock) and module is not None and _mid_execution(module):
+                again.append(name)
+    # Their packages that were executing too run again in place (after them,
+    # deepest first), rather than afresh: the in-place run needs its parent.
+    parents = {n.rpartition(".")[0] for n in again}
+    for name, lock in held:
+        module = sys.modules.get(name)
+        if name in again or any(w is lock for w in waited):
             continue
-        if mid:
-            del sys.modules[name]  # the next import runs it afresh
+        if module is not None and _mid_execution(module):
+            if any(p == name or p.startswith(name + ".") for p in parents):
+                again.append(name)
+            else:
+                del sys.modules[name]  # the next import runs it afresh
         if locks.get(name) is not None and locks[name]() is lock:
             del locks[name]  # the next import makes a new one
-    for module in again:  # after the other repairs: its code may import those
-        _run_again_in_place(module, bootstrap, me)
+    # After the other repairs: their code may import those.
+    for name in sorted(again, key=lambda n: -n.count(".")):
+        module = sys.modules.get(name)
+        if module is not None:
+            _run_again_in_place(module, bootstrap, me)
 
 
 def acquire_following(current):

@@ -33,12 +33,14 @@ def threadpoolctl():
     lock = acquire_following(lambda: _lock)  # a fork may replace it meanwhile
     try:
         if _module is None:
-            _before = os.environ.get("KMP_DUPLICATE_LIB_OK")
+            # Kept here for the put-back (a nested call in a forked child may
+            # change the global), published for a child of a fork meanwhile.
+            _before = before = os.environ.get("KMP_DUPLICATE_LIB_OK")
             _importer = threading.get_ident()
             try:
                 import threadpoolctl as module  # waits for another thread's import to finish
             finally:
-                _put_back()
+                _put_back(before)
                 _importer = 0
             _module = module
         return _module
@@ -46,17 +48,17 @@ def threadpoolctl():
         lock.release()
 
 
-def _put_back() -> None:
-    if _before is None:
+def _put_back(before: str | None) -> None:
+    if before is None:
         os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
     else:
-        os.environ["KMP_DUPLICATE_LIB_OK"] = _before
+        os.environ["KMP_DUPLICATE_LIB_OK"] = before
 
 
 def _after_fork_in_child() -> None:
     global _lock, _importer
     if _importer and _importer != threading.get_ident():
-        _put_back()  # that thread's import is abandoned here (see _fork_imports)
+        _put_back(_before)  # that thread's import is abandoned here (see _fork_imports)
         _importer = 0
     _lock = threading.Lock()  # another thread may have held it at fork
 
