@@ -114,27 +114,26 @@ def _repair_in_child() -> None:
             held.append((name, lock))
     if not held:
         return
-    waited = _waited_for_by(bootstrap, me)
-    again = []  # modules that run again in place
+    waits = _waited_for_by(bootstrap, me)
+    waited, abandoned = [], []
     for name, lock in held:
-        module = sys.modules.get(name)
-        if any(w is lock for w in waited):
-            if _release_for_dead_owner(lock) and module is not None and _mid_execution(module):
-                again.append(name)
-    # Their packages that were executing too run again in place (after them,
-    # deepest first), rather than afresh: the in-place run needs its parent.
+        if any(w is lock for w in waits):
+            waited.append((name, lock))
+        else:
+            abandoned.append(name)
+    # Modules this thread waited for, that were executing: they run again in
+    # place, and so do their packages that were executing too (after them,
+    # deepest first): the in-place run needs its parent.
+    again = [n for n, lock in waited
+             if _release_for_dead_owner(lock) and _mid_execution(sys.modules.get(n))]
     parents = {n.rpartition(".")[0] for n in again}
-    for name, lock in held:
-        module = sys.modules.get(name)
-        if name in again or any(w is lock for w in waited):
-            continue
-        if module is not None and _mid_execution(module):
+    for name in abandoned:
+        if _mid_execution(sys.modules.get(name)):
             if any(p == name or p.startswith(name + ".") for p in parents):
                 again.append(name)
             else:
                 del sys.modules[name]  # the next import runs it afresh
-        if locks.get(name) is not None and locks[name]() is lock:
-            del locks[name]  # the next import makes a new one
+        locks.pop(name, None)  # the next import makes a new lock
     # After the other repairs: their code may import those.
     for name in sorted(again, key=lambda n: -n.count(".")):
         module = sys.modules.get(name)
